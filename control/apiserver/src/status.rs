@@ -1,0 +1,162 @@
+//! API errors as Kubernetes `Status` objects.
+//!
+//! Clients branch on `reason` and `code` (kubectl prints `message`; client libraries raise
+//! typed errors such as "conflict" from them), so each error kind maps to exactly the pair
+//! Kubernetes uses.
+
+use http::StatusCode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
+
+/// An API error, convertible to a `Status` body and an HTTP status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 404: the object does not exist.
+    #[error("{kind} \"{name}\" not found")]
+    NotFound {
+        /// The resource, e.g. `pods`.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
+    /// 409: create of an object that exists.
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists {
+        /// The resource.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
+    /// 409: update with a stale resourceVersion.
+    #[error("Operation cannot be fulfilled on {kind} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")]
+    Conflict {
+        /// The resource.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
+    /// 422: the object is invalid; one cause per bad field.
+    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
+    Invalid {
+        /// The resource.
+        kind: String,
+        /// The object's name.
+        name: String,
+        /// (field path, message) per problem.
+        causes: Vec<(String, String)>,
+    },
+    /// 410: the requested history was compacted.
+    #[error("too old resource version: {requested} ({compacted})")]
+    Gone {
+        /// The resourceVersion asked for.
+        requested: u64,
+        /// The oldest still available.
+        compacted: u64,
+    },
+    /// 400: the request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no valid credentials.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// 403: authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 413: the body is larger than the API accepts.
+    #[error("the request is too large: {0}")]
+    TooLarge(String),
+    /// 500: the server failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status code and the `reason` clients branch on.
+    pub fn code_and_reason(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::Gone { .. } => (StatusCode::GONE, "Expired"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
+
+    /// The `Status` object Kubernetes clients expect as the response body.
+    pub fn to_status(&self) -> Status {
+        let (code, reason) = self.code_and_reason();
+        let details = match self {
+            ApiError::NotFound { kind, name }
+            | ApiError::AlreadyExists { kind, name }
+            | ApiError::Conflict { kind, name } => Some(StatusDetails {
+                kind: Some(kind.clone()),
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            ApiError::Invalid { kind, name, causes } => Some(StatusDetails {
+                kind: Some(kind.clone()),
+                name: Some(name.clone()),
+                causes: Some(
+                    causes
+                        .iter()
+                        .map(|(field, message)| StatusCause {
+                            field: Some(field.clone()),
+                            message: Some(message.clone()),
+                            reason: Some("FieldValueInvalid".into()),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            _ => None,
+        };
+        Status {
+            status: Some("Failure".into()),
+            message: Some(self.to_string()),
+            reason: Some(reason.into()),
+            code: Some(i32::from(code.as_u16())),
+            details,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_is_409_with_the_message_kubectl_prints() {
+        let e = ApiError::Conflict {
+            kind: "deployments".into(),
+            name: "web".into(),
+        };
+        let s = e.to_status();
+        assert_eq!(s.code, Some(409));
+        assert_eq!(s.reason.as_deref(), Some("Conflict"));
+        assert!(s.message.unwrap().contains("the object has been modified"));
+    }
+
+    #[test]
+    fn invalid_carries_field_causes_and_gone_is_expired() {
+        let e = ApiError::Invalid {
+            kind: "pods".into(),
+            name: "Bad_Name".into(),
+            causes: vec![("metadata.name".into(), "must be a DNS-1123 subdomain".into())],
+        };
+        let s = e.to_status();
+        assert_eq!(s.code, Some(422));
+        let causes = s.details.unwrap().causes.unwrap();
+        assert_eq!(causes[0].field.as_deref(), Some("metadata.name"));
+        let gone = ApiError::Gone {
+            requested: 3,
+            compacted: 10,
+        }
+        .to_status();
+        assert_eq!((gone.code, gone.reason.as_deref()), (Some(410), Some("Expired")));
+    }
+}

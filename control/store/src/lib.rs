@@ -1,0 +1,58 @@
+//! Flotilla's replicated key-value store: etcd v3 semantics (MVCC, transactions, compaction,
+//! watch, leases) on RocksDB, replicated with openraft.
+//!
+//! Layering, from the disk up:
+//! - [`revision`] and [`keys`]: the logical clock and the byte encodings;
+//! - [`mvcc`]: the multi-version store on RocksDB (one atomic, fsynced batch per transaction);
+//! - (next) the Raft state machine and log on the same RocksDB, the QUIC peer transport, the
+//!   watch hub, leases, and the etcd v3 gRPC service at the edge.
+//!
+//! Only this crate touches RocksDB (DESIGN.md, invariant 1).
+
+#![forbid(unsafe_code)]
+
+pub mod keys;
+pub mod mvcc;
+pub mod revision;
+pub mod types;
+
+pub use keys::KeyRange;
+pub use mvcc::{Mvcc, MvccOptions};
+pub use revision::Revision;
+
+/// What can go wrong in the store. Each message says what failed; the gRPC edge maps these to
+/// the status codes etcd uses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A key must not be empty.
+    #[error("key is not provided")]
+    EmptyKey,
+    /// A read or watch asked for history that compaction removed.
+    #[error("required revision {requested} has been compacted (compacted revision is {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's compacted revision.
+        compacted: u64,
+    },
+    /// A read asked for a revision the store has not reached.
+    #[error("required revision {requested} is a future revision (current revision is {current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's current revision.
+        current: u64,
+    },
+    /// `ignore_value` or `ignore_lease` on a key that does not exist.
+    #[error("key not found: ignore_value and ignore_lease need an existing key")]
+    KeyNotFound,
+    /// A transaction wrote the same key twice.
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    /// RocksDB failed (disk full, I/O error). Nothing of the failed write was applied.
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// Stored bytes could not be decoded: a bug or a damaged disk.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}

@@ -1,0 +1,659 @@
+//! The multi-version key-value store (etcd v3 semantics) on RocksDB.
+//!
+//! Column families:
+//! - `kv`: key → its current [`KeyValue`]. Serves reads at the current revision with one range
+//!   scan. Deleted keys are absent.
+//! - `index`: `escape(key) ++ revision` → 0 (put) or 1 (tombstone). All versions of a key are
+//!   adjacent and in revision order; serves reads at past revisions and compaction.
+//! - `history`: revision → the change made at that revision. Serves watch replay in revision
+//!   order and the values of past versions.
+//! - `meta`: the current and compacted revisions (and, for the Raft state machine, whatever the
+//!   caller stores alongside a write).
+//!
+//! Each transaction is one RocksDB `WriteBatch` (atomic), written with `sync` when the store is
+//! opened with [`MvccOptions::sync`]. Reads run on a RocksDB snapshot, so the revision they
+//! report and the data they return always agree.
+//!
+//! Lock order: `write` is the only lock; it serialises writers (as the Raft state machine does
+//! anyway) and is never held while waiting for anything but RocksDB.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBRawIteratorWithThreadMode, Options, SnapshotWithThreadMode,
+    WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{escape, unescape, KeyRange};
+use crate::revision::{Revision, REVISION_LEN};
+use crate::types::*;
+use crate::StoreError;
+
+const CF_KV: &str = "kv";
+const CF_INDEX: &str = "index";
+const CF_HISTORY: &str = "history";
+const CF_META: &str = "meta";
+
+const META_CURRENT: &[u8] = b"current_revision";
+const META_COMPACTED: &[u8] = b"compacted_revision";
+
+const TOMBSTONE: u8 = 1;
+const LIVE: u8 = 0;
+
+/// How the store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct MvccOptions {
+    /// Sync the write-ahead log before a write returns. Off only where durability comes from
+    /// elsewhere (the Raft log) or in tests.
+    pub sync: bool,
+}
+
+impl Default for MvccOptions {
+    fn default() -> Self {
+        MvccOptions { sync: true }
+    }
+}
+
+/// What the `history` family stores per revision.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    kind: EventKind,
+    kv: KeyValue,
+}
+
+type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
+
+/// The multi-version store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Mvcc {
+    db: DB,
+    sync: bool,
+    write: Mutex<()>,
+}
+
+impl std::fmt::Debug for Mvcc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mvcc").field("path", &self.db.path()).finish()
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Encoding our own plain structs into a Vec cannot fail.
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt(format!("undecodable {what}: {e}")))
+}
+
+impl Mvcc {
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open(path: &Path, opts: MvccOptions) -> Result<Mvcc, StoreError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        let cfs = [CF_KV, CF_INDEX, CF_HISTORY, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        Ok(Mvcc {
+            db,
+            sync: opts.sync,
+            write: Mutex::new(()),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // The families are created at open; their absence is a programming error.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} opened with the store"))
+    }
+
+    fn meta_u64(&self, snap: &Snapshot<'_>, key: &[u8]) -> Result<u64, StoreError> {
+        match snap.get_cf(self.cf(CF_META), key)? {
+            None => Ok(0),
+            Some(b) => b
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt(format!("meta {key:?} is {} bytes", b.len()))),
+        }
+    }
+
+    /// The current and the compacted revision.
+    pub fn revisions(&self) -> Result<(u64, u64), StoreError> {
+        let snap = self.db.snapshot();
+        Ok((
+            self.meta_u64(&snap, META_CURRENT)?,
+            self.meta_u64(&snap, META_COMPACTED)?,
+        ))
+    }
+
+    /// Reads a key range, at the current revision or a past one.
+    pub fn range(&self, req: &RangeRequest) -> Result<(Header, RangeResponse), StoreError> {
+        let snap = self.db.snapshot();
+        let view = View::new(self, &snap)?;
+        let resp = view.range(req, &BTreeMap::new())?;
+        Ok((Header { revision: view.current }, resp))
+    }
+
+    /// Runs a transaction atomically. Returns the response and the events it produced, in
+    /// order (all at the response header's revision).
+    pub fn txn(&self, req: &TxnRequest) -> Result<(Header, TxnResponse, Vec<Event>), StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = self.db.snapshot();
+        let view = View::new(self, &snap)?;
+        let mut w = WriteCtx {
+            main: view.current + 1,
+            sub: 0,
+            view,
+            overlay: BTreeMap::new(),
+            batch: WriteBatch::default(),
+            events: Vec::new(),
+            put_keys: HashSet::new(),
+            deleted: Vec::new(),
+        };
+        let resp = w.txn(req)?;
+        if w.sub == 0 {
+            // Nothing written: a read-only transaction does not advance the revision.
+            return Ok((Header { revision: w.view.current }, resp, Vec::new()));
+        }
+        w.batch
+            .put_cf(self.cf(CF_META), META_CURRENT, w.main.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db.write_opt(w.batch, &wo)?;
+        Ok((Header { revision: w.main }, resp, w.events))
+    }
+
+    /// Writes one key.
+    pub fn put(&self, req: PutRequest) -> Result<(Header, PutResponse, Vec<Event>), StoreError> {
+        let (h, mut resp, events) = self.txn(&TxnRequest {
+            success: vec![Op::Put(req)],
+            ..Default::default()
+        })?;
+        match resp.responses.pop() {
+            Some(OpResponse::Put(p)) => Ok((h, p, events)),
+            other => Err(StoreError::Corrupt(format!("put answered with {other:?}"))),
+        }
+    }
+
+    /// Deletes a key range.
+    pub fn delete(
+        &self,
+        req: DeleteRequest,
+    ) -> Result<(Header, DeleteResponse, Vec<Event>), StoreError> {
+        let (h, mut resp, events) = self.txn(&TxnRequest {
+            success: vec![Op::Delete(req)],
+            ..Default::default()
+        })?;
+        match resp.responses.pop() {
+            Some(OpResponse::Delete(d)) => Ok((h, d, events)),
+            other => Err(StoreError::Corrupt(format!("delete answered with {other:?}"))),
+        }
+    }
+
+    /// Discards history up to `revision`: reads and watches below it fail with
+    /// [`StoreError::Compacted`]. The newest version of each key at `revision` is kept.
+    pub fn compact(&self, revision: u64) -> Result<Header, StoreError> {
+        let current = {
+            let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let (current, compacted) = self.revisions()?;
+            if revision <= compacted {
+                return Err(StoreError::Compacted {
+                    requested: revision,
+                    compacted,
+                });
+            }
+            if revision > current {
+                return Err(StoreError::FutureRevision {
+                    requested: revision,
+                    current,
+                });
+            }
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.sync);
+            let mut batch = WriteBatch::default();
+            batch.put_cf(self.cf(CF_META), META_COMPACTED, revision.to_be_bytes());
+            self.db.write_opt(batch, &wo)?;
+            current
+        };
+        // Physical removal needs no lock: it only removes versions that the new compacted
+        // revision already hides, and writers only add newer ones.
+        self.remove_compacted(revision)?;
+        Ok(Header { revision: current })
+    }
+
+    fn remove_compacted(&self, revision: u64) -> Result<(), StoreError> {
+        let snap = self.db.snapshot();
+        let mut it = snap.raw_iterator_cf(self.cf(CF_INDEX));
+        it.seek_to_first();
+        let mut batch = WriteBatch::default();
+        // Versions of the current key at or below `revision`: (index key, revision, tombstone).
+        let mut group: Vec<(Vec<u8>, Revision, bool)> = Vec::new();
+        let mut group_key: Option<Vec<u8>> = None;
+        let flush = |group: &mut Vec<(Vec<u8>, Revision, bool)>, batch: &mut WriteBatch| {
+            let keep_last = matches!(group.last(), Some((_, r, tomb)) if !*tomb || r.main == revision);
+            let n = group.len() - usize::from(keep_last);
+            for (ik, rev, _) in group.drain(..).take(n) {
+                batch.delete_cf(self.cf(CF_INDEX), ik);
+                batch.delete_cf(self.cf(CF_HISTORY), rev.to_bytes());
+            }
+        };
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (key, rest) = unescape(k)
+                .ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
+            let rev = Revision::from_bytes(rest)
+                .ok_or_else(|| StoreError::Corrupt("malformed index revision".into()))?;
+            if group_key.as_deref() != Some(key.as_slice()) {
+                if !group.is_empty() {
+                    flush(&mut group, &mut batch);
+                }
+                group_key = Some(key);
+            }
+            if rev.main <= revision {
+                group.push((k.to_vec(), rev, v.first() == Some(&TOMBSTONE)));
+            }
+            if batch.len() >= 10_000 {
+                self.db.write(std::mem::take(&mut batch))?;
+            }
+            it.next();
+        }
+        it.status()?;
+        if !group.is_empty() {
+            flush(&mut group, &mut batch);
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// The changes to keys in `range` from revision `from` on, in revision order, at most
+    /// `limit` of them (0: all). With `prev_kv`, each event carries the version it replaced
+    /// (when history still holds it).
+    pub fn history(
+        &self,
+        from: u64,
+        range: &KeyRange,
+        prev_kv: bool,
+        limit: usize,
+    ) -> Result<(Header, Vec<Event>), StoreError> {
+        let snap = self.db.snapshot();
+        let view = View::new(self, &snap)?;
+        if from < view.compacted {
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted: view.compacted,
+            });
+        }
+        let mut it = snap.raw_iterator_cf(self.cf(CF_HISTORY));
+        it.seek(Revision::new(from, 0).to_bytes());
+        let mut events = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let rev = Revision::from_bytes(k)
+                .ok_or_else(|| StoreError::Corrupt("malformed history key".into()))?;
+            let rec: Record = decode(v, "history record")?;
+            if range.contains(&rec.kv.key) {
+                // Stop only between revisions, so one revision's events stay together.
+                if limit > 0 && events.len() >= limit && rev.sub == 0 {
+                    break;
+                }
+                let prev = if prev_kv {
+                    view.version_before(&rec.kv.key, rev)?
+                } else {
+                    None
+                };
+                events.push(Event {
+                    kind: rec.kind,
+                    kv: rec.kv,
+                    prev_kv: prev,
+                });
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok((Header { revision: view.current }, events))
+    }
+}
+
+/// A consistent read view: one RocksDB snapshot and the revisions it holds.
+struct View<'a> {
+    store: &'a Mvcc,
+    snap: &'a Snapshot<'a>,
+    current: u64,
+    compacted: u64,
+}
+
+type Overlay = BTreeMap<Vec<u8>, Option<KeyValue>>;
+
+impl<'a> View<'a> {
+    fn new(store: &'a Mvcc, snap: &'a Snapshot<'a>) -> Result<View<'a>, StoreError> {
+        Ok(View {
+            current: store.meta_u64(snap, META_CURRENT)?,
+            compacted: store.meta_u64(snap, META_COMPACTED)?,
+            store,
+            snap,
+        })
+    }
+
+    fn iter(&self, cf: &str) -> DBRawIteratorWithThreadMode<'a, DB> {
+        self.snap.raw_iterator_cf(self.store.cf(cf))
+    }
+
+    /// The current version of `key`, seen through the transaction's own writes.
+    fn get(&self, key: &[u8], overlay: &Overlay) -> Result<Option<KeyValue>, StoreError> {
+        if let Some(v) = overlay.get(key) {
+            return Ok(v.clone());
+        }
+        match self.snap.get_cf(self.store.cf(CF_KV), key)? {
+            Some(b) => Ok(Some(decode(&b, "key-value")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every current key-value in `range`, seen through the transaction's own writes.
+    fn current(&self, range: &KeyRange, overlay: &Overlay) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        let mut it = self.iter(CF_KV);
+        it.seek(range.start());
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if range.is_past_end(k) {
+                break;
+            }
+            if range.contains(k) {
+                out.push(decode::<KeyValue>(v, "key-value")?);
+            }
+            it.next();
+        }
+        it.status()?;
+        let pending: Vec<_> = overlay.range::<[u8], _>(range.bounds()).collect();
+        if pending.is_empty() {
+            return Ok(out);
+        }
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> =
+            out.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        for (k, v) in pending {
+            match v {
+                Some(kv) => merged.insert(k.clone(), kv.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_values().collect())
+    }
+
+    /// Every key-value in `range` as of `revision` (which must be retained).
+    fn at_revision(&self, range: &KeyRange, revision: u64) -> Result<Vec<KeyValue>, StoreError> {
+        let mut live: Vec<Revision> = Vec::new();
+        let mut it = self.iter(CF_INDEX);
+        it.seek(escape(range.start()));
+        let mut cur_key: Option<Vec<u8>> = None;
+        let mut latest: Option<(Revision, bool)> = None;
+        let mut finish = |latest: &mut Option<(Revision, bool)>| {
+            if let Some((rev, false)) = latest.take() {
+                live.push(rev);
+            }
+        };
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (key, rest) =
+                unescape(k).ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
+            if range.is_past_end(&key) {
+                break;
+            }
+            let rev = Revision::from_bytes(rest)
+                .ok_or_else(|| StoreError::Corrupt("malformed index revision".into()))?;
+            if cur_key.as_deref() != Some(key.as_slice()) {
+                finish(&mut latest);
+                cur_key = Some(key.clone());
+            }
+            if range.contains(&key) && rev.main <= revision {
+                latest = Some((rev, v.first() == Some(&TOMBSTONE)));
+            }
+            it.next();
+        }
+        it.status()?;
+        finish(&mut latest);
+        live.into_iter().map(|rev| self.record(rev).map(|r| r.kv)).collect()
+    }
+
+    fn record(&self, rev: Revision) -> Result<Record, StoreError> {
+        match self.snap.get_cf(self.store.cf(CF_HISTORY), rev.to_bytes())? {
+            Some(b) => decode(&b, "history record"),
+            None => Err(StoreError::Corrupt(format!(
+                "index names revision {rev:?} but history lacks it"
+            ))),
+        }
+    }
+
+    /// The version of `key` just before revision `rev`, if history still holds it.
+    fn version_before(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StoreError> {
+        let mut it = self.iter(CF_INDEX);
+        let prefix = escape(key);
+        let mut target = prefix.clone();
+        target.extend_from_slice(&rev.to_bytes());
+        it.seek_for_prev(&target);
+        if it.key() == Some(target.as_slice()) {
+            it.prev();
+        }
+        match (it.key(), it.value()) {
+            (Some(k), Some(v))
+                if k.len() == prefix.len() + REVISION_LEN && k.starts_with(&prefix) =>
+            {
+                if v.first() == Some(&TOMBSTONE) {
+                    return Ok(None);
+                }
+                let prev = Revision::from_bytes(&k[prefix.len()..])
+                    .ok_or_else(|| StoreError::Corrupt("malformed index revision".into()))?;
+                Ok(Some(self.record(prev)?.kv))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn range(&self, req: &RangeRequest, overlay: &Overlay) -> Result<RangeResponse, StoreError> {
+        let kvs = match req.revision {
+            0 => self.current(&req.range, overlay)?,
+            r if r > self.current => {
+                return Err(StoreError::FutureRevision {
+                    requested: r,
+                    current: self.current,
+                })
+            }
+            r if r < self.compacted => {
+                return Err(StoreError::Compacted {
+                    requested: r,
+                    compacted: self.compacted,
+                })
+            }
+            r if r == self.current && overlay.is_empty() => self.current(&req.range, overlay)?,
+            r => self.at_revision(&req.range, r)?,
+        };
+        let count = kvs.len() as u64;
+        if req.count_only {
+            return Ok(RangeResponse {
+                kvs: Vec::new(),
+                more: false,
+                count,
+            });
+        }
+        let mut kvs = kvs;
+        let more = req.limit > 0 && count > req.limit;
+        if more {
+            kvs.truncate(req.limit as usize);
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse { kvs, more, count })
+    }
+}
+
+/// The state of one write transaction while it runs.
+struct WriteCtx<'a> {
+    view: View<'a>,
+    /// The revision this transaction writes at.
+    main: u64,
+    /// The next sub-revision; also the number of writes so far.
+    sub: u32,
+    overlay: Overlay,
+    batch: WriteBatch,
+    events: Vec<Event>,
+    /// Keys put so far, and ranges deleted so far: etcd refuses a transaction that writes a key
+    /// twice, since the outcome would depend on operation order in a surprising way.
+    put_keys: HashSet<Vec<u8>>,
+    deleted: Vec<KeyRange>,
+}
+
+impl WriteCtx<'_> {
+    fn next_revision(&mut self) -> Revision {
+        let rev = Revision::new(self.main, self.sub);
+        self.sub += 1;
+        rev
+    }
+
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, StoreError> {
+        let mut succeeded = true;
+        for c in &req.compares {
+            if !self.compare(c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                Op::Range(r) => OpResponse::Range(self.view.range(r, &self.overlay)?),
+                Op::Put(p) => OpResponse::Put(self.put(p)?),
+                Op::Delete(d) => OpResponse::Delete(self.delete(d)?),
+                Op::Txn(t) => OpResponse::Txn(self.txn(t)?),
+            });
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+
+    fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
+        let kvs = self.view.current(&c.range, &self.overlay)?;
+        if kvs.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(compare_kv(c, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    }
+
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, StoreError> {
+        if req.key.is_empty() {
+            return Err(StoreError::EmptyKey);
+        }
+        if !self.put_keys.insert(req.key.clone())
+            || self.deleted.iter().any(|r| r.contains(&req.key))
+        {
+            return Err(StoreError::DuplicateKey);
+        }
+        let prev = self.view.get(&req.key, &self.overlay)?;
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(StoreError::KeyNotFound);
+        }
+        let (value, lease) = match &prev {
+            Some(p) => (
+                if req.ignore_value { p.value.clone() } else { req.value.clone() },
+                if req.ignore_lease { p.lease } else { req.lease },
+            ),
+            None => (req.value.clone(), req.lease),
+        };
+        let rev = self.next_revision();
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+            mod_revision: rev.main,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        self.record(rev, EventKind::Put, kv.clone(), prev.clone());
+        Ok(PutResponse {
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete(&mut self, req: &DeleteRequest) -> Result<DeleteResponse, StoreError> {
+        if req.range.start().is_empty() && matches!(req.range, KeyRange::Single(_)) {
+            return Err(StoreError::EmptyKey);
+        }
+        if self.put_keys.iter().any(|k| req.range.contains(k)) {
+            return Err(StoreError::DuplicateKey);
+        }
+        self.deleted.push(req.range.clone());
+        let victims = self.view.current(&req.range, &self.overlay)?;
+        for prev in &victims {
+            let rev = self.next_revision();
+            let tomb = KeyValue {
+                key: prev.key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.record(rev, EventKind::Delete, tomb, Some(prev.clone()));
+        }
+        Ok(DeleteResponse {
+            deleted: victims.len() as u64,
+            prev_kvs: if req.prev_kv { victims } else { Vec::new() },
+        })
+    }
+
+    /// Adds one change to the batch, the overlay and the events.
+    fn record(&mut self, rev: Revision, kind: EventKind, kv: KeyValue, prev: Option<KeyValue>) {
+        let store = self.view.store;
+        let mut index_key = escape(&kv.key);
+        index_key.extend_from_slice(&rev.to_bytes());
+        match kind {
+            EventKind::Put => {
+                self.batch.put_cf(store.cf(CF_KV), &kv.key, encode(&kv));
+                self.batch.put_cf(store.cf(CF_INDEX), index_key, [LIVE]);
+                self.overlay.insert(kv.key.clone(), Some(kv.clone()));
+            }
+            EventKind::Delete => {
+                self.batch.delete_cf(store.cf(CF_KV), &kv.key);
+                self.batch.put_cf(store.cf(CF_INDEX), index_key, [TOMBSTONE]);
+                self.overlay.insert(kv.key.clone(), None);
+            }
+        }
+        let rec = Record { kind, kv };
+        self.batch
+            .put_cf(store.cf(CF_HISTORY), rev.to_bytes(), encode(&rec));
+        self.events.push(Event {
+            kind,
+            kv: rec.kv,
+            prev_kv: prev,
+        });
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::CreateRevision(v) => kv.create_revision.cmp(v),
+        CompareTarget::ModRevision(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+    };
+    match c.op {
+        CompareOp::Equal => ord == Ordering::Equal,
+        CompareOp::NotEqual => ord != Ordering::Equal,
+        CompareOp::Greater => ord == Ordering::Greater,
+        CompareOp::Less => ord == Ordering::Less,
+    }
+}
+
+#[cfg(test)]
+mod tests;

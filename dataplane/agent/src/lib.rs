@@ -1,0 +1,11 @@
+//! The node agent: runs the pods bound to its node through CRI (containerd + runc) and CNI,
+//! and reports node and pod status.
+//!
+//! This first piece is the node's runtime configuration ([`runtime_config`]): the CNI network
+//! the node's pods join and the containerd configuration the agent starts containerd with.
+//! The CRI client, pod lifecycle, probes, volumes, logs and exec arrive with the node agent
+//! issue.
+
+#![forbid(unsafe_code)]
+
+pub mod runtime_config;

@@ -1,0 +1,450 @@
+//! The local cluster launcher: `flotilla up`, `status` and `down`.
+//!
+//! `up` runs every component as a separate background process (its own process group, so it
+//! outlives the command and a terminal's hang-up), records each in `DIR/cluster.json`, and
+//! returns once all of them report healthy. `down` stops exactly the processes recorded there,
+//! after checking that each pid still runs a Flotilla process of this cluster.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use flotilla_pki::{CertRequest, ClusterCa};
+use serde::{Deserialize, Serialize};
+
+use crate::server::{endpoints_file, write_atomically, MemberEndpoints};
+use crate::ClusterDir;
+
+/// Flags of `flotilla up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub dir: ClusterDir,
+
+    /// Number of masters (each runs the replicated store and, as they land, the API server,
+    /// controller manager and scheduler). Use an odd number: 3 survives one failure.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=7))]
+    pub masters: u16,
+
+    /// Number of node agents. (Node agents are not available yet; any number is accepted and
+    /// reported as not started.)
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u16,
+
+    /// Do not deploy the demo application.
+    #[arg(long)]
+    pub no_demo: bool,
+
+    /// Seconds to wait for every process to become healthy.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Flags of `flotilla down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub dir: ClusterDir,
+
+    /// Also delete the cluster's data, certificates and logs under DIR.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// Flags of `flotilla status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub dir: ClusterDir,
+
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `DIR/cluster.json`: what `up` started, for `status`, `down`, tests and people.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Format version of this file.
+    pub version: u32,
+    /// The cluster directory (absolute).
+    pub dir: PathBuf,
+    /// Certificates a client needs: the CA, and an admin client certificate and key
+    /// (user `admin`, group `system:masters`).
+    pub pki: PkiFiles,
+    /// Every process of the cluster.
+    pub processes: Vec<ProcessEntry>,
+}
+
+/// Paths of the certificates `up` made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PkiFiles {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// The admin client certificate.
+    pub admin_cert: PathBuf,
+    /// The admin client key.
+    pub admin_key: PathBuf,
+}
+
+/// One process of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    /// Unique name (`m1`, `m2`, …).
+    pub name: String,
+    /// `master` or `agent`.
+    pub role: String,
+    /// Process id.
+    pub pid: u32,
+    /// Named endpoints (`metrics`, `health`, and more as components land).
+    pub endpoints: BTreeMap<String, String>,
+    /// The process's data directory.
+    pub data_dir: PathBuf,
+    /// The process's log file.
+    pub log: PathBuf,
+}
+
+fn cluster_file(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+fn read_cluster(dir: &Path) -> anyhow::Result<ClusterFile> {
+    let path = cluster_file(dir);
+    let bytes = fs::read(&path).with_context(|| {
+        format!(
+            "no cluster in {} (cannot read {}); start one with `flotilla up --dir {}`",
+            dir.display(),
+            path.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid", path.display()))
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    fs::create_dir_all(&args.dir.dir)
+        .with_context(|| format!("creating {}", args.dir.dir.display()))?;
+    let dir = fs::canonicalize(&args.dir.dir)?;
+
+    if let Ok(existing) = read_cluster(&dir) {
+        let running: Vec<_> = existing
+            .processes
+            .iter()
+            .filter(|p| is_ours(p.pid, &p.data_dir))
+            .collect();
+        if !running.is_empty() {
+            println!(
+                "A cluster is already running in {} ({} of {} processes up); nothing to do.",
+                dir.display(),
+                running.len(),
+                existing.processes.len()
+            );
+            println!("See it with `flotilla status --dir {}`.", dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+
+    let pki_dir = dir.join("pki");
+    let ca = ClusterCa::load_or_create(&pki_dir, "flotilla-cluster-ca")
+        .context("creating the cluster CA")?;
+    let admin = ca
+        .issue(&CertRequest::client("admin", &["system:masters"]))
+        .context("issuing the admin certificate")?;
+    let (admin_cert, admin_key) = admin.write(&pki_dir, "admin")?;
+
+    let exe = std::env::current_exe().context("locating the flotilla binary")?;
+    let mut processes = Vec::new();
+    for i in 1..=args.masters {
+        let name = format!("m{i}");
+        let data_dir = dir.join(&name);
+        fs::create_dir_all(&data_dir)?;
+        let _ = fs::remove_file(endpoints_file(&data_dir));
+        let log = data_dir.join("server.log");
+        let pid = spawn_detached(
+            Command::new(&exe)
+                .arg("server")
+                .args(["--name", &name])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--listen-metrics", "127.0.0.1:0"]),
+            &log,
+        )?;
+        processes.push(ProcessEntry {
+            name,
+            role: "master".into(),
+            pid,
+            endpoints: BTreeMap::new(),
+            data_dir,
+            log,
+        });
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    for p in &mut processes {
+        let published = wait_healthy(p, deadline)?;
+        p.endpoints.insert("metrics".into(), published.metrics);
+        p.endpoints.insert("health".into(), published.health);
+    }
+
+    let cluster = ClusterFile {
+        version: 1,
+        dir: dir.clone(),
+        pki: PkiFiles {
+            ca: pki_dir.join(flotilla_pki::CA_CERT_FILE),
+            admin_cert,
+            admin_key,
+        },
+        processes,
+    };
+    write_atomically(&cluster_file(&dir), &serde_json::to_vec_pretty(&cluster)?)?;
+
+    println!("Flotilla cluster up in {}", dir.display());
+    print_table(&cluster, &health_of(&cluster));
+    if args.nodes > 0 {
+        println!(
+            "Note: node agents are not available yet ({} requested, none started).",
+            args.nodes
+        );
+    }
+    if !args.no_demo {
+        println!("Note: the demo application needs node agents; it was not deployed.");
+    }
+    println!(
+        "Next: `flotilla status --dir {0}`; stop with `flotilla down --dir {0}`.",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `cmd` in its own process group with output appended to `log`; returns its pid.
+fn spawn_detached(cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    Ok(child.id())
+}
+
+/// Waits until `p` has published its endpoints and answers `/healthz` with 200.
+fn wait_healthy(p: &ProcessEntry, deadline: Instant) -> anyhow::Result<MemberEndpoints> {
+    let file = endpoints_file(&p.data_dir);
+    let mut last = String::from("not started yet");
+    loop {
+        if !pid_alive(p.pid) {
+            bail!(
+                "{} (pid {}) exited during start-up; last lines of {}:\n{}",
+                p.name,
+                p.pid,
+                p.log.display(),
+                tail(&p.log, 20)
+            );
+        }
+        if let Ok(bytes) = fs::read(&file) {
+            if let Ok(published) = serde_json::from_slice::<MemberEndpoints>(&bytes) {
+                match http_get(&published.health) {
+                    Ok((200, _)) => return Ok(published),
+                    Ok((code, body)) => last = format!("health {code}: {}", body.trim()),
+                    Err(e) => last = format!("health check failed: {e}"),
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not become healthy in time ({last}); see {}",
+                p.name,
+                p.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal HTTP/1.1 GET for the loopback health and metrics endpoints.
+fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("unsupported URL {url}"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr = host
+        .parse()
+        .with_context(|| format!("bad address in {url}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("malformed response from {url}"))?;
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie has exited; its /proc entry lingers until it is reaped.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is alive and is the Flotilla process that owns `data_dir` (pids get reused).
+fn is_ours(pid: u32, data_dir: &Path) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let dir = data_dir.as_os_str().as_encoded_bytes();
+    args.first()
+        .is_some_and(|a| a.ends_with(b"flotilla"))
+        && args.iter().any(|a| *a == dir)
+}
+
+fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Health of each process: `Some(Ok)` healthy, `Some(Err(why))` unhealthy, `None` not running.
+fn health_of(cluster: &ClusterFile) -> Vec<Option<Result<(), String>>> {
+    cluster
+        .processes
+        .iter()
+        .map(|p| {
+            if !is_ours(p.pid, &p.data_dir) {
+                return None;
+            }
+            Some(match p.endpoints.get("health").map(|u| http_get(u)) {
+                Some(Ok((200, _))) => Ok(()),
+                Some(Ok((code, body))) => Err(format!("{code} {}", body.trim())),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("no health endpoint".into()),
+            })
+        })
+        .collect()
+}
+
+fn state_word(h: &Option<Result<(), String>>) -> String {
+    match h {
+        None => "stopped".into(),
+        Some(Ok(())) => "healthy".into(),
+        Some(Err(why)) => format!("unhealthy: {why}"),
+    }
+}
+
+fn print_table(cluster: &ClusterFile, health: &[Option<Result<(), String>>]) {
+    println!("{:<6} {:<7} {:>8}  {:<10} METRICS", "NAME", "ROLE", "PID", "STATE");
+    for (p, h) in cluster.processes.iter().zip(health) {
+        println!(
+            "{:<6} {:<7} {:>8}  {:<10} {}",
+            p.name,
+            p.role,
+            p.pid,
+            state_word(h),
+            p.endpoints.get("metrics").map_or("-", String::as_str)
+        );
+    }
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let cluster = read_cluster(&args.dir.dir)?;
+    let health = health_of(&cluster);
+    if args.json {
+        let processes: Vec<_> = cluster
+            .processes
+            .iter()
+            .zip(&health)
+            .map(|(p, h)| {
+                serde_json::json!({
+                    "name": p.name,
+                    "role": p.role,
+                    "pid": p.pid,
+                    "running": h.is_some(),
+                    "healthy": matches!(h, Some(Ok(()))),
+                    "state": state_word(h),
+                    "endpoints": p.endpoints,
+                    "data_dir": p.data_dir,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "dir": cluster.dir, "processes": processes });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_table(&cluster, &health);
+    }
+    Ok(if health.iter().all(|h| matches!(h, Some(Ok(())))) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.dir.dir;
+    let cluster = read_cluster(dir)?;
+    let mut stopping = Vec::new();
+    for p in &cluster.processes {
+        if is_ours(p.pid, &p.data_dir) {
+            signal(p.pid, "-TERM");
+            stopping.push(p);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for p in &stopping {
+        while is_ours(p.pid, &p.data_dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if is_ours(p.pid, &p.data_dir) {
+            eprintln!("{} (pid {}) ignored SIGTERM; killing it", p.name, p.pid);
+            signal(p.pid, "-KILL");
+        }
+        println!("stopped {} (pid {})", p.name, p.pid);
+    }
+    fs::remove_file(cluster_file(dir))?;
+    if args.purge {
+        for p in &cluster.processes {
+            let _ = fs::remove_dir_all(&p.data_dir);
+        }
+        let _ = fs::remove_dir_all(dir.join("pki"));
+        println!("removed the cluster's data, certificates and logs");
+    }
+    println!(
+        "cluster in {} is down ({} process(es) stopped)",
+        dir.display(),
+        stopping.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

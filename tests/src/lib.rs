@@ -1,0 +1,143 @@
+//! Helpers for end-to-end tests that start real Flotilla processes.
+//!
+//! [`LocalCluster`] runs `flotilla up` in a fresh directory and always runs `flotilla down
+//! --purge` when dropped, so a failing test still stops every process it started.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `flotilla` binary under test: `$FLOTILLA_BIN`, else the one built next to this test
+/// (`target/<profile>/flotilla`; the test command builds it first).
+pub fn flotilla_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/flotilla
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .join("flotilla");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --bin flotilla`) or set FLOTILLA_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `flotilla args…` and returns its output.
+pub fn flotilla(args: &[&str]) -> Output {
+    Command::new(flotilla_bin())
+        .args(args)
+        .output()
+        .expect("running flotilla")
+}
+
+/// Standard output and error of `out`, for assertion messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A fresh, empty directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `flotilla-e2e-<name>-<pid>`.
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("flotilla-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating a temp dir");
+        TempDir(p)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cluster started with `flotilla up`, stopped and purged when dropped.
+#[derive(Debug)]
+pub struct LocalCluster {
+    dir: TempDir,
+}
+
+impl LocalCluster {
+    /// Runs `flotilla up --dir <fresh dir> extra…`; panics with the output if it fails.
+    pub fn up(name: &str, extra: &[&str]) -> LocalCluster {
+        let dir = TempDir::new(name);
+        let cluster = LocalCluster { dir };
+        let d = cluster.dir_str();
+        let mut args = vec!["up", "--dir", d.as_str()];
+        args.extend_from_slice(extra);
+        let out = flotilla(&args);
+        assert!(out.status.success(), "flotilla up failed: {}", show(&out));
+        cluster
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The cluster directory as a string argument.
+    pub fn dir_str(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// `DIR/cluster.json`, parsed.
+    pub fn cluster_json(&self) -> serde_json::Value {
+        let bytes = std::fs::read(self.dir().join("cluster.json")).expect("reading cluster.json");
+        serde_json::from_slice(&bytes).expect("cluster.json is JSON")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let d = self.dir_str();
+        if self.dir().join("cluster.json").exists() {
+            let out = flotilla(&["down", "--dir", &d, "--purge"]);
+            if !out.status.success() {
+                eprintln!("cleanup: flotilla down failed: {}", show(&out));
+            }
+        }
+    }
+}
+
+/// Waits until `cond` holds, checking every 50 ms, for at most `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether process `pid` exists and has not exited.
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .is_some_and(|st| st != "Z")
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,92 @@
+//! `flotilla up` / `status` / `down` with real processes.
+
+use std::time::Duration;
+
+use flotilla_e2e::{flotilla, pid_alive, show, wait_for, LocalCluster};
+
+fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, out)
+}
+
+#[test]
+fn up_starts_three_masters_that_status_sees_and_down_stops() {
+    let cluster = LocalCluster::up("updown", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    let info = cluster.cluster_json();
+    let procs = info["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 3);
+    let mut pids = Vec::new();
+    for p in procs {
+        assert_eq!(p["role"], "master");
+        let pid = p["pid"].as_u64().unwrap() as u32;
+        assert!(pid_alive(pid), "{p}");
+        pids.push(pid);
+        assert!(std::path::Path::new(p["data_dir"].as_str().unwrap())
+            .join("store")
+            .exists());
+        // Every long-running component serves Prometheus metrics and health.
+        let (code, body) = http_get(p["endpoints"]["metrics"].as_str().unwrap());
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("flotilla_store_revision"), "{body}");
+        let (code, _) = http_get(p["endpoints"]["health"].as_str().unwrap());
+        assert_eq!(code, 200);
+    }
+    // The CA and an admin client certificate are there for tools.
+    for f in ["ca", "admin_cert", "admin_key"] {
+        let path = info["pki"][f].as_str().unwrap();
+        assert!(std::path::Path::new(path).exists(), "{f}: {path}");
+    }
+
+    let d = cluster.dir_str();
+    let status = flotilla(&["status", "--dir", &d, "--json"]);
+    assert!(status.status.success(), "{}", show(&status));
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(doc["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["healthy"] == true));
+
+    // Running `up` again on a running cluster changes nothing.
+    let again = flotilla(&["up", "--dir", &d, "--nodes", "0", "--no-demo"]);
+    assert!(again.status.success(), "{}", show(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already running"));
+    assert_eq!(cluster.cluster_json()["processes"][0]["pid"], procs[0]["pid"]);
+
+    let down = flotilla(&["down", "--dir", &d]);
+    assert!(down.status.success(), "{}", show(&down));
+    for pid in pids {
+        wait_for("master to exit", Duration::from_secs(5), || !pid_alive(pid));
+    }
+    // After down, status says there is no cluster.
+    assert!(!flotilla(&["status", "--dir", &d]).status.success());
+}
+
+#[test]
+fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
+    let cluster = LocalCluster::up("restart", &["--masters", "1", "--nodes", "0", "--no-demo"]);
+    let d = cluster.dir_str();
+    let pid = cluster.cluster_json()["processes"][0]["pid"].as_u64().unwrap() as u32;
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("master to die", Duration::from_secs(5), || !pid_alive(pid));
+    let status = flotilla(&["status", "--dir", &d]);
+    assert!(!status.status.success(), "status must fail when a process is down");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("stopped"));
+    // `up` again restarts it on the same data dir.
+    let up = flotilla(&["up", "--dir", &d, "--masters", "1", "--nodes", "0", "--no-demo"]);
+    assert!(up.status.success(), "{}", show(&up));
+    let new_pid = cluster.cluster_json()["processes"][0]["pid"].as_u64().unwrap() as u32;
+    assert_ne!(new_pid, pid);
+    assert!(pid_alive(new_pid));
+}
