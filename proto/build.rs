@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&["etcd/kv.proto", "etcd/rpc.proto"], &["etcd"])
-        .map_err(|e| format!("generating the etcd API (is protoc installed? run scripts/setup): {e}"))?;
+        .map_err(|e| {
+            format!("generating the etcd API (is protoc installed? run scripts/setup): {e}")
+        })?;
     Ok(())
 }

@@ -58,7 +58,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 None => eprintln!(
                     "flotilla bench: unknown suite {:?}; planned suites: {}",
                     args.suite,
-                    PLANNED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    PLANNED
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
             Ok(ExitCode::from(2))
@@ -102,7 +106,11 @@ impl Figure {
             flotilla,
             baseline,
             better,
-            ratio: if baseline == 0.0 { f64::NAN } else { flotilla / baseline },
+            ratio: if baseline == 0.0 {
+                f64::NAN
+            } else {
+                flotilla / baseline
+            },
         }
     }
 }

@@ -285,7 +285,10 @@ fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
         .with_context(|| format!("bad address in {url}"))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let code = resp
@@ -325,9 +328,7 @@ fn is_ours(pid: u32, data_dir: &Path) -> bool {
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let dir = data_dir.as_os_str().as_encoded_bytes();
-    args.first()
-        .is_some_and(|a| a.ends_with(b"flotilla"))
-        && args.iter().any(|a| *a == dir)
+    args.first().is_some_and(|a| a.ends_with(b"flotilla")) && args.iter().any(|a| *a == dir)
 }
 
 fn signal(pid: u32, sig: &str) -> bool {
@@ -366,7 +367,10 @@ fn state_word(h: &Option<Result<(), String>>) -> String {
 }
 
 fn print_table(cluster: &ClusterFile, health: &[Option<Result<(), String>>]) {
-    println!("{:<6} {:<7} {:>8}  {:<10} METRICS", "NAME", "ROLE", "PID", "STATE");
+    println!(
+        "{:<6} {:<7} {:>8}  {:<10} METRICS",
+        "NAME", "ROLE", "PID", "STATE"
+    );
     for (p, h) in cluster.processes.iter().zip(health) {
         println!(
             "{:<6} {:<7} {:>8}  {:<10} {}",

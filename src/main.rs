@@ -25,7 +25,12 @@ use flotilla_runtime::logging::{self, LogFormat};
 #[command(name = "flotilla", version, propagate_version = true)]
 struct Cli {
     /// Log format on standard error: "text" or "json". RUST_LOG selects what is logged.
-    #[arg(long, global = true, default_value = "text", env = "FLOTILLA_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "FLOTILLA_LOG_FORMAT"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]

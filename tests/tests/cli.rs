@@ -7,7 +7,9 @@ fn every_subcommand_has_useful_help() {
     let top = flotilla(&["--help"]);
     assert!(top.status.success(), "{}", show(&top));
     let text = String::from_utf8_lossy(&top.stdout);
-    for sub in ["server", "agent", "up", "down", "status", "chaos", "bench", "image"] {
+    for sub in [
+        "server", "agent", "up", "down", "status", "chaos", "bench", "image",
+    ] {
         assert!(text.contains(sub), "top-level help lacks {sub}: {text}");
         let out = flotilla(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help: {}", show(&out));
@@ -22,7 +24,12 @@ fn every_subcommand_has_useful_help() {
 
 #[test]
 fn unavailable_subcommands_say_so_and_fail() {
-    for args in [vec!["agent"], vec!["chaos"], vec!["image", "build"], vec!["bench", "kv"]] {
+    for args in [
+        vec!["agent"],
+        vec!["chaos"],
+        vec!["image", "build"],
+        vec!["bench", "kv"],
+    ] {
         let out = flotilla(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -37,9 +44,16 @@ fn unavailable_subcommands_say_so_and_fail() {
 fn bad_flags_and_missing_clusters_get_clear_errors() {
     let out = flotilla(&["up", "--dir", "/tmp/x", "--masters", "0"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--masters"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--masters"),
+        "{}",
+        show(&out)
+    );
     let out = flotilla(&["status", "--dir", "/nonexistent/flotilla-cluster"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no cluster in") && err.contains("flotilla up"), "{err}");
+    assert!(
+        err.contains("no cluster in") && err.contains("flotilla up"),
+        "{err}"
+    );
 }

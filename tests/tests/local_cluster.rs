@@ -9,7 +9,11 @@ fn http_get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -58,7 +62,10 @@ fn up_starts_three_masters_that_status_sees_and_down_stops() {
     let again = flotilla(&["up", "--dir", &d, "--nodes", "0", "--no-demo"]);
     assert!(again.status.success(), "{}", show(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("already running"));
-    assert_eq!(cluster.cluster_json()["processes"][0]["pid"], procs[0]["pid"]);
+    assert_eq!(
+        cluster.cluster_json()["processes"][0]["pid"],
+        procs[0]["pid"]
+    );
 
     let down = flotilla(&["down", "--dir", &d]);
     assert!(down.status.success(), "{}", show(&down));
@@ -73,7 +80,9 @@ fn up_starts_three_masters_that_status_sees_and_down_stops() {
 fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
     let cluster = LocalCluster::up("restart", &["--masters", "1", "--nodes", "0", "--no-demo"]);
     let d = cluster.dir_str();
-    let pid = cluster.cluster_json()["processes"][0]["pid"].as_u64().unwrap() as u32;
+    let pid = cluster.cluster_json()["processes"][0]["pid"]
+        .as_u64()
+        .unwrap() as u32;
     assert!(std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -81,12 +90,26 @@ fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
         .success());
     wait_for("master to die", Duration::from_secs(5), || !pid_alive(pid));
     let status = flotilla(&["status", "--dir", &d]);
-    assert!(!status.status.success(), "status must fail when a process is down");
+    assert!(
+        !status.status.success(),
+        "status must fail when a process is down"
+    );
     assert!(String::from_utf8_lossy(&status.stdout).contains("stopped"));
     // `up` again restarts it on the same data dir.
-    let up = flotilla(&["up", "--dir", &d, "--masters", "1", "--nodes", "0", "--no-demo"]);
+    let up = flotilla(&[
+        "up",
+        "--dir",
+        &d,
+        "--masters",
+        "1",
+        "--nodes",
+        "0",
+        "--no-demo",
+    ]);
     assert!(up.status.success(), "{}", show(&up));
-    let new_pid = cluster.cluster_json()["processes"][0]["pid"].as_u64().unwrap() as u32;
+    let new_pid = cluster.cluster_json()["processes"][0]["pid"]
+        .as_u64()
+        .unwrap() as u32;
     assert_ne!(new_pid, pid);
     assert!(pid_alive(new_pid));
 }

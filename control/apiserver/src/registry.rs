@@ -74,6 +74,8 @@ mod tests {
     fn resource_versions_parse_or_say_what_is_expected() {
         assert_eq!(parse_resource_version(""), Ok(0));
         assert_eq!(parse_resource_version("42"), Ok(42));
-        assert!(parse_resource_version("abc").unwrap_err().contains("decimal"));
+        assert!(parse_resource_version("abc")
+            .unwrap_err()
+            .contains("decimal"));
     }
 }

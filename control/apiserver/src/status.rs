@@ -146,7 +146,10 @@ mod tests {
         let e = ApiError::Invalid {
             kind: "pods".into(),
             name: "Bad_Name".into(),
-            causes: vec![("metadata.name".into(), "must be a DNS-1123 subdomain".into())],
+            causes: vec![(
+                "metadata.name".into(),
+                "must be a DNS-1123 subdomain".into(),
+            )],
         };
         let s = e.to_status();
         assert_eq!(s.code, Some(422));
@@ -157,6 +160,9 @@ mod tests {
             compacted: 10,
         }
         .to_status();
-        assert_eq!((gone.code, gone.reason.as_deref()), (Some(410), Some("Expired")));
+        assert_eq!(
+            (gone.code, gone.reason.as_deref()),
+            (Some(410), Some("Expired"))
+        );
     }
 }

@@ -148,7 +148,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let renewed = spec_of(decide(Some(&held), "m1", at(1), &cfg()));
-        assert!(matches!(decide(Some(&renewed), "m2", at(2), &cfg()), Decision::Wait { .. }));
+        assert!(matches!(
+            decide(Some(&renewed), "m2", at(2), &cfg()),
+            Decision::Wait { .. }
+        ));
         // The holder stops renewing: at 3 s after its renewal the Lease is up for grabs.
         let taken = spec_of(decide(Some(&renewed), "m2", at(3), &cfg()));
         assert_eq!(taken.holder_identity.as_deref(), Some("m2"));

@@ -353,7 +353,8 @@ pub fn server_config(
     client_auth: ClientAuth,
 ) -> Result<rustls::ServerConfig, PkiError> {
     let roots = Arc::new(root_store(ca_pem)?);
-    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crypto_provider());
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crypto_provider());
     let builder = match client_auth {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
@@ -362,10 +363,12 @@ pub fn server_config(
         path: PathBuf::from(CA_CERT_FILE),
         what: format!("cannot verify clients with this CA: {e}"),
     })?;
-    Ok(rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.cert_chain()?, identity.private_key()?)?)
+    Ok(
+        rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(identity.cert_chain()?, identity.private_key()?)?,
+    )
 }
 
 /// A rustls client configuration trusting `ca_pem` and presenting `identity` when given.
@@ -396,7 +399,9 @@ mod tests {
                 Usage::Peer,
             ))
             .unwrap();
-        let admin = ca.issue(&CertRequest::client("admin", &["system:masters"])).unwrap();
+        let admin = ca
+            .issue(&CertRequest::client("admin", &["system:masters"]))
+            .unwrap();
         server_config(ca.cert_pem(), &server, ClientAuth::Required).unwrap();
         client_config(ca.cert_pem(), Some(&admin)).unwrap();
         assert_eq!(server.cert_chain().unwrap().len(), 1);
@@ -414,7 +419,10 @@ mod tests {
         let back = Identity::read(&dir, "u").unwrap();
         assert_eq!(back.cert_pem, id.cert_pem);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(c.exists());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -126,7 +126,10 @@ async fn metrics(State(st): State<EndpointState>) -> impl IntoResponse {
 async fn healthz(State(st): State<EndpointState>) -> impl IntoResponse {
     match (st.health)() {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
     }
 }
 

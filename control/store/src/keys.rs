@@ -139,7 +139,10 @@ mod tests {
 
     #[test]
     fn etcd_range_conventions() {
-        assert_eq!(KeyRange::from_etcd(b"a", b""), KeyRange::Single(b"a".to_vec()));
+        assert_eq!(
+            KeyRange::from_etcd(b"a", b""),
+            KeyRange::Single(b"a".to_vec())
+        );
         assert!(KeyRange::from_etcd(b"a", b"\0").contains(b"zzz"));
         let r = KeyRange::from_etcd(b"a", b"c");
         assert!(r.contains(b"a") && r.contains(b"bzz") && !r.contains(b"c"));

@@ -28,7 +28,9 @@ pub enum StoreError {
     #[error("key is not provided")]
     EmptyKey,
     /// A read or watch asked for history that compaction removed.
-    #[error("required revision {requested} has been compacted (compacted revision is {compacted})")]
+    #[error(
+        "required revision {requested} has been compacted (compacted revision is {compacted})"
+    )]
     Compacted {
         /// The revision asked for.
         requested: u64,

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBRawIteratorWithThreadMode, Options, SnapshotWithThreadMode,
-    WriteBatch, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBRawIteratorWithThreadMode, Options,
+    SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +75,9 @@ pub struct Mvcc {
 
 impl std::fmt::Debug for Mvcc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mvcc").field("path", &self.db.path()).finish()
+        f.debug_struct("Mvcc")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -139,7 +141,12 @@ impl Mvcc {
         let snap = self.db.snapshot();
         let view = View::new(self, &snap)?;
         let resp = view.range(req, &BTreeMap::new())?;
-        Ok((Header { revision: view.current }, resp))
+        Ok((
+            Header {
+                revision: view.current,
+            },
+            resp,
+        ))
     }
 
     /// Runs a transaction atomically. Returns the response and the events it produced, in
@@ -161,7 +168,13 @@ impl Mvcc {
         let resp = w.txn(req)?;
         if w.sub == 0 {
             // Nothing written: a read-only transaction does not advance the revision.
-            return Ok((Header { revision: w.view.current }, resp, Vec::new()));
+            return Ok((
+                Header {
+                    revision: w.view.current,
+                },
+                resp,
+                Vec::new(),
+            ));
         }
         w.batch
             .put_cf(self.cf(CF_META), META_CURRENT, w.main.to_be_bytes());
@@ -194,7 +207,9 @@ impl Mvcc {
         })?;
         match resp.responses.pop() {
             Some(OpResponse::Delete(d)) => Ok((h, d, events)),
-            other => Err(StoreError::Corrupt(format!("delete answered with {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "delete answered with {other:?}"
+            ))),
         }
     }
 
@@ -238,7 +253,8 @@ impl Mvcc {
         let mut group: Vec<(Vec<u8>, Revision, bool)> = Vec::new();
         let mut group_key: Option<Vec<u8>> = None;
         let flush = |group: &mut Vec<(Vec<u8>, Revision, bool)>, batch: &mut WriteBatch| {
-            let keep_last = matches!(group.last(), Some((_, r, tomb)) if !*tomb || r.main == revision);
+            let keep_last =
+                matches!(group.last(), Some((_, r, tomb)) if !*tomb || r.main == revision);
             let n = group.len() - usize::from(keep_last);
             for (ik, rev, _) in group.drain(..).take(n) {
                 batch.delete_cf(self.cf(CF_INDEX), ik);
@@ -246,8 +262,8 @@ impl Mvcc {
             }
         };
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let (key, rest) = unescape(k)
-                .ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
+            let (key, rest) =
+                unescape(k).ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
             let rev = Revision::from_bytes(rest)
                 .ok_or_else(|| StoreError::Corrupt("malformed index revision".into()))?;
             if group_key.as_deref() != Some(key.as_slice()) {
@@ -316,7 +332,12 @@ impl Mvcc {
             it.next();
         }
         it.status()?;
-        Ok((Header { revision: view.current }, events))
+        Ok((
+            Header {
+                revision: view.current,
+            },
+            events,
+        ))
     }
 }
 
@@ -416,11 +437,16 @@ impl<'a> View<'a> {
         }
         it.status()?;
         finish(&mut latest);
-        live.into_iter().map(|rev| self.record(rev).map(|r| r.kv)).collect()
+        live.into_iter()
+            .map(|rev| self.record(rev).map(|r| r.kv))
+            .collect()
     }
 
     fn record(&self, rev: Revision) -> Result<Record, StoreError> {
-        match self.snap.get_cf(self.store.cf(CF_HISTORY), rev.to_bytes())? {
+        match self
+            .snap
+            .get_cf(self.store.cf(CF_HISTORY), rev.to_bytes())?
+        {
             Some(b) => decode(&b, "history record"),
             None => Err(StoreError::Corrupt(format!(
                 "index names revision {rev:?} but history lacks it"
@@ -524,7 +550,11 @@ impl WriteCtx<'_> {
                 break;
             }
         }
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
@@ -566,7 +596,11 @@ impl WriteCtx<'_> {
         }
         let (value, lease) = match &prev {
             Some(p) => (
-                if req.ignore_value { p.value.clone() } else { req.value.clone() },
+                if req.ignore_value {
+                    p.value.clone()
+                } else {
+                    req.value.clone()
+                },
                 if req.ignore_lease { p.lease } else { req.lease },
             ),
             None => (req.value.clone(), req.lease),
@@ -623,7 +657,8 @@ impl WriteCtx<'_> {
             }
             EventKind::Delete => {
                 self.batch.delete_cf(store.cf(CF_KV), &kv.key);
-                self.batch.put_cf(store.cf(CF_INDEX), index_key, [TOMBSTONE]);
+                self.batch
+                    .put_cf(store.cf(CF_INDEX), index_key, [TOMBSTONE]);
                 self.overlay.insert(kv.key.clone(), None);
             }
         }

@@ -41,7 +41,8 @@ pub fn fits(pod: &Pod, node: &Node) -> bool {
                 // An empty key with operator Exists tolerates every taint.
                 None | Some("") => t.operator.as_deref() == Some("Exists"),
             };
-            let effect_matches = matches!(t.effect.as_deref(), None | Some("") | Some("NoSchedule"));
+            let effect_matches =
+                matches!(t.effect.as_deref(), None | Some("") | Some("NoSchedule"));
             key_matches && effect_matches
         })
     })

@@ -85,10 +85,7 @@ fn puts_advance_revisions_and_track_versions() {
     assert_eq!(put(&s, "a", "2"), 3);
     let r = get(&s, single("a"), 0).unwrap();
     let kv = &r.kvs[0];
-    assert_eq!(
-        (kv.create_revision, kv.mod_revision, kv.version),
-        (1, 3, 2)
-    );
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (1, 3, 2));
     assert_eq!(kv.value, b"2");
     // prev_kv returns the replaced version.
     let (_, resp, events) = s
@@ -165,14 +162,20 @@ fn past_reads_return_each_keys_version_at_that_revision() {
     put(&s, "k", "v2"); // 2
     put(&s, "j", "x"); // 3
     put(&s, "k", "v3"); // 4
-    assert_eq!(values(&get(&s, single("k"), 1).unwrap()), [("k".into(), "v1".into())]);
+    assert_eq!(
+        values(&get(&s, single("k"), 1).unwrap()),
+        [("k".into(), "v1".into())]
+    );
     assert_eq!(
         values(&get(&s, KeyRange::prefix(b""), 3).unwrap()),
         [("j".into(), "x".into()), ("k".into(), "v2".into())]
     );
     assert!(matches!(
         get(&s, single("k"), 9),
-        Err(StoreError::FutureRevision { requested: 9, current: 4 })
+        Err(StoreError::FutureRevision {
+            requested: 9,
+            current: 4
+        })
     ));
 }
 
@@ -180,7 +183,7 @@ fn past_reads_return_each_keys_version_at_that_revision() {
 fn txn_compares_choose_the_branch_and_apply_atomically() {
     let s = TempStore::new("txn");
     put(&s, "/registry/pods/a", "v1"); // rev 1
-    // Create-if-absent: the Kubernetes create pattern.
+                                       // Create-if-absent: the Kubernetes create pattern.
     let create = |key: &str| TxnRequest {
         compares: vec![Compare {
             range: single(key),
@@ -304,7 +307,10 @@ fn ignore_value_and_ignore_lease_keep_the_current_ones() {
     })
     .unwrap();
     let kv = &get(&s, single("k"), 0).unwrap().kvs[0];
-    assert_eq!((kv.value.as_slice(), kv.lease, kv.version), (&b"v"[..], 42, 2));
+    assert_eq!(
+        (kv.value.as_slice(), kv.lease, kv.version),
+        (&b"v"[..], 42, 2)
+    );
 }
 
 #[test]
@@ -323,7 +329,10 @@ fn compaction_hides_old_history_but_keeps_the_latest_versions() {
     assert_eq!(s.revisions().unwrap(), (5, 4));
     assert!(matches!(
         get(&s, single("a"), 1),
-        Err(StoreError::Compacted { requested: 1, compacted: 4 })
+        Err(StoreError::Compacted {
+            requested: 1,
+            compacted: 4
+        })
     ));
     // At the compacted revision itself, reads still work: a=2, b deleted.
     assert_eq!(
@@ -331,7 +340,10 @@ fn compaction_hides_old_history_but_keeps_the_latest_versions() {
         [("a".into(), "2".into())]
     );
     assert!(matches!(s.compact(3), Err(StoreError::Compacted { .. })));
-    assert!(matches!(s.compact(9), Err(StoreError::FutureRevision { .. })));
+    assert!(matches!(
+        s.compact(9),
+        Err(StoreError::FutureRevision { .. })
+    ));
     assert!(matches!(
         s.history(2, &KeyRange::prefix(b""), false, 0),
         Err(StoreError::Compacted { .. })
@@ -396,7 +408,11 @@ fn history_limit_never_splits_a_revision() {
     .unwrap();
     put(&s, "c", "");
     let (_, events) = s.history(1, &KeyRange::prefix(b""), false, 1).unwrap();
-    assert_eq!(events.len(), 2, "both writes of revision 1, nothing of revision 2");
+    assert_eq!(
+        events.len(),
+        2,
+        "both writes of revision 1, nothing of revision 2"
+    );
 }
 
 #[test]
@@ -407,6 +423,9 @@ fn data_survives_reopening() {
     s.compact(1).unwrap();
     s.reopen();
     assert_eq!(s.revisions().unwrap(), (2, 1));
-    assert_eq!(values(&get(&s, single("a"), 0).unwrap()), [("a".into(), "2".into())]);
+    assert_eq!(
+        values(&get(&s, single("a"), 0).unwrap()),
+        [("a".into(), "2".into())]
+    );
     assert_eq!(put(&s, "a", "3"), 3);
 }
