@@ -328,7 +328,7 @@ fn is_ours(pid: u32, data_dir: &Path) -> bool {
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let dir = data_dir.as_os_str().as_encoded_bytes();
-    args.first().is_some_and(|a| a.ends_with(b"flotilla")) && args.iter().any(|a| *a == dir)
+    args.first().is_some_and(|a| a.ends_with(b"flotilla")) && args.contains(&dir)
 }
 
 fn signal(pid: u32, sig: &str) -> bool {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use flotilla_runtime::metrics::{self, HealthCheck, Registry};
+use flotilla_runtime::metrics::{self, Gauge, HealthCheck, Registry};
 use flotilla_runtime::tasks::termination_signal;
 use flotilla_runtime::Tasks;
 use flotilla_store::{Mvcc, MvccOptions};
@@ -77,8 +77,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     tracing::info!(revision, compacted, dir = %store_dir.display(), "store opened");
 
     let registry = Registry::new();
-    let revision_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
-    let compacted_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    let revision_gauge = Gauge::<i64>::default();
+    let compacted_gauge = Gauge::<i64>::default();
     registry.register(
         "store_revision",
         "The store's current revision",

@@ -46,6 +46,16 @@ impl Status {
         }
     }
 
+    /// Success if `fits`, else `code` with `reason`: the verdict of a filter built on a pure
+    /// `fits()` helper.
+    pub fn fits_or(fits: bool, code: Code, reason: &str) -> Status {
+        if fits {
+            Status::success()
+        } else {
+            Status::new(code, reason)
+        }
+    }
+
     /// Whether the plugin is satisfied.
     pub fn is_success(&self) -> bool {
         self.code == Code::Success

@@ -4,13 +4,15 @@
 //! Layering, from the disk up:
 //! - [`revision`] and [`keys`]: the logical clock and the byte encodings;
 //! - [`mvcc`]: the multi-version store on RocksDB (one atomic, fsynced batch per transaction);
+//! - [`etcd`]: the etcd v3 gRPC edge (KV service), over any [`etcd::KvBackend`];
 //! - (next) the Raft state machine and log on the same RocksDB, the QUIC peer transport, the
-//!   watch hub, leases, and the etcd v3 gRPC service at the edge.
+//!   watch hub, and leases.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
 #![forbid(unsafe_code)]
 
+pub mod etcd;
 pub mod keys;
 pub mod mvcc;
 pub mod revision;

@@ -35,11 +35,7 @@ impl Plugin for NodeName {
 
 impl Filter for NodeName {
     fn filter(&self, pod: &Pod, node: &Node) -> Status {
-        if fits(pod, node) {
-            Status::success()
-        } else {
-            Status::new(Code::UnschedulableAndUnresolvable, REASON)
-        }
+        Status::fits_or(fits(pod, node), Code::UnschedulableAndUnresolvable, REASON)
     }
 }
 

@@ -37,9 +37,9 @@ pub fn fits(pod: &Pod, node: &Node) -> bool {
     tolerations.is_some_and(|ts| {
         ts.iter().any(|t| {
             let key_matches = match t.key.as_deref() {
-                Some(k) => k == TAINT_KEY,
                 // An empty key with operator Exists tolerates every taint.
                 None | Some("") => t.operator.as_deref() == Some("Exists"),
+                Some(k) => k == TAINT_KEY,
             };
             let effect_matches =
                 matches!(t.effect.as_deref(), None | Some("") | Some("NoSchedule"));
@@ -56,11 +56,7 @@ impl Plugin for NodeUnschedulable {
 
 impl Filter for NodeUnschedulable {
     fn filter(&self, pod: &Pod, node: &Node) -> Status {
-        if fits(pod, node) {
-            Status::success()
-        } else {
-            Status::new(Code::UnschedulableAndUnresolvable, REASON)
-        }
+        Status::fits_or(fits(pod, node), Code::UnschedulableAndUnresolvable, REASON)
     }
 }
 
