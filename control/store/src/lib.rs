@@ -4,9 +4,10 @@
 //! Layering, from the disk up:
 //! - [`revision`] and [`keys`]: the logical clock and the byte encodings;
 //! - [`mvcc`]: the multi-version store on RocksDB (one atomic, fsynced batch per transaction);
+//! - [`watch`]: the watch hub (history replay, then live; slow watchers never block writers);
 //! - [`etcd`]: the etcd v3 gRPC edge (KV service), over any [`etcd::KvBackend`];
 //! - (next) the Raft state machine and log on the same RocksDB, the QUIC peer transport, the
-//!   watch hub, and leases.
+//!   leases, and the Watch, Lease, Maintenance and Cluster services.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod mvcc;
 pub mod revision;
 pub mod types;
+pub mod watch;
 
 pub use keys::KeyRange;
 pub use mvcc::{Mvcc, MvccOptions};
