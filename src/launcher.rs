@@ -418,6 +418,14 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir.dir;
+    if !cluster_file(dir).exists() {
+        // Stopping a stopped cluster is not an error: scripts and tests may call down twice.
+        println!(
+            "no cluster is running in {}; nothing to stop",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let cluster = read_cluster(dir)?;
     let mut stopping = Vec::new();
     for p in &cluster.processes {

@@ -18,6 +18,7 @@ use flotilla_runtime::tasks::termination_signal;
 use flotilla_runtime::Tasks;
 use flotilla_store::{Mvcc, MvccOptions};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 /// Flags of `flotilla server`, named like etcd's where they mean the same thing.
 #[derive(Debug, Args)]
@@ -60,12 +61,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .thread_name("flotilla-server")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(args))?;
+    let span = tracing::info_span!("server", member = %args.name);
+    rt.block_on(serve(args).instrument(span))?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let _span = tracing::info_span!("server", member = %args.name).entered();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let store_dir = args.data_dir.join("store");

@@ -72,8 +72,11 @@ fn up_starts_three_masters_that_status_sees_and_down_stops() {
     for pid in pids {
         wait_for("master to exit", Duration::from_secs(5), || !pid_alive(pid));
     }
-    // After down, status says there is no cluster.
+    // After down, status says there is no cluster, and a second down is a harmless no-op.
     assert!(!flotilla(&["status", "--dir", &d]).status.success());
+    let again = flotilla(&["down", "--dir", &d]);
+    assert!(again.status.success(), "{}", show(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to stop"));
 }
 
 #[test]
