@@ -4,10 +4,11 @@
 //! Layering, from the disk up:
 //! - [`revision`] and [`keys`]: the logical clock and the byte encodings;
 //! - [`mvcc`]: the multi-version store on RocksDB (one atomic, fsynced batch per transaction);
+//! - [`lease`]: the lease table (grants, attached keys; deadlines on the leader only);
 //! - [`watch`]: the watch hub (history replay, then live; slow watchers never block writers);
 //! - [`etcd`]: the etcd v3 gRPC edge (KV service), over any [`etcd::KvBackend`];
-//! - (next) the Raft state machine and log on the same RocksDB, the QUIC peer transport, the
-//!   leases, and the Watch, Lease, Maintenance and Cluster services.
+//! - (next) the Raft state machine and log on the same RocksDB (holding the lease table too), the
+//!   QUIC peer transport, and the Watch, Lease, Maintenance and Cluster services.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
@@ -15,6 +16,7 @@
 
 pub mod etcd;
 pub mod keys;
+pub mod lease;
 pub mod mvcc;
 pub mod revision;
 pub mod types;
