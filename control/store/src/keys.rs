@@ -4,7 +4,7 @@
 use std::ops::Bound;
 
 /// A set of keys as etcd requests name them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyRange {
     /// Exactly one key.
     Single(Vec<u8>),

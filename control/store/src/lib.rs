@@ -7,8 +7,10 @@
 //! - [`lease`]: the lease table (grants, attached keys; deadlines on the leader only);
 //! - [`watch`]: the watch hub (history replay, then live; slow watchers never block writers);
 //! - [`etcd`]: the etcd v3 gRPC edge (KV service), over any [`etcd::KvBackend`];
-//! - (next) the Raft state machine and log on the same RocksDB (holding the lease table too), the
-//!   QUIC peer transport, and the Watch, Lease, Maintenance and Cluster services.
+//! - [`raft`]: the openraft type configuration, the replicated [`raft::Command`]s, and the
+//!   durable Raft log on its own RocksDB (synced before openraft hears of a flush);
+//! - (next) the Raft state machine on the MVCC store (holding the lease table too), snapshots,
+//!   the QUIC peer transport, and the Watch, Lease, Maintenance and Cluster services.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
@@ -18,6 +20,7 @@ pub mod etcd;
 pub mod keys;
 pub mod lease;
 pub mod mvcc;
+pub mod raft;
 pub mod revision;
 pub mod types;
 pub mod watch;

@@ -32,7 +32,7 @@ pub enum EventKind {
 }
 
 /// A change to one key, as watchers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Put or delete.
     pub kind: EventKind,
@@ -44,7 +44,7 @@ pub struct Event {
 }
 
 /// A read of a key range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// Which keys.
     pub range: KeyRange,
@@ -72,7 +72,7 @@ impl RangeRequest {
 }
 
 /// The result of a [`RangeRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RangeResponse {
     /// The keys, in key order.
     pub kvs: Vec<KeyValue>,
@@ -83,7 +83,7 @@ pub struct RangeResponse {
 }
 
 /// A write of one key.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key (must not be empty).
     pub key: Vec<u8>,
@@ -100,14 +100,14 @@ pub struct PutRequest {
 }
 
 /// The result of a [`PutRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PutResponse {
     /// The previous version, when asked for and present.
     pub prev_kv: Option<KeyValue>,
 }
 
 /// A deletion of a key range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRequest {
     /// Which keys.
     pub range: KeyRange,
@@ -116,7 +116,7 @@ pub struct DeleteRequest {
 }
 
 /// The result of a [`DeleteRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeleteResponse {
     /// How many keys were deleted.
     pub deleted: u64,
@@ -125,7 +125,7 @@ pub struct DeleteResponse {
 }
 
 /// Which field of a key a [`Compare`] looks at, and the value to compare with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The key's version (0 if absent).
     Version(u64),
@@ -140,7 +140,7 @@ pub enum CompareTarget {
 }
 
 /// How a [`Compare`] relates the key's field to the given value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareOp {
     /// field == value
     Equal,
@@ -153,7 +153,7 @@ pub enum CompareOp {
 }
 
 /// One condition of a transaction. Over a range, it holds if it holds for every key present.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The keys compared.
     pub range: KeyRange,
@@ -164,7 +164,7 @@ pub struct Compare {
 }
 
 /// One operation of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// A read (sees the transaction's earlier writes).
     Range(RangeRequest),
@@ -177,7 +177,7 @@ pub enum Op {
 }
 
 /// The result of one [`Op`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResponse {
     /// Of a read.
     Range(RangeResponse),
@@ -190,7 +190,7 @@ pub enum OpResponse {
 }
 
 /// An atomic transaction: if every compare holds, run `success`, else `failure`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TxnRequest {
     /// The conditions.
     pub compares: Vec<Compare>,
@@ -201,7 +201,7 @@ pub struct TxnRequest {
 }
 
 /// The result of a [`TxnRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TxnResponse {
     /// Whether the conditions held.
     pub succeeded: bool,
@@ -210,7 +210,7 @@ pub struct TxnResponse {
 }
 
 /// The header every response carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Header {
     /// The store's revision after the request.
     pub revision: u64,

@@ -1,0 +1,83 @@
+//! Replication with openraft: the type configuration, the commands the log carries, and the
+//! durable Raft log on RocksDB ([`log`]).
+//!
+//! Still to come (issue 3): the state machine (applying [`Command`]s to the MVCC store and the
+//! lease table, snapshots from a consistent RocksDB view), the QUIC transport and the node.
+
+pub mod log;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Header, TxnRequest, TxnResponse};
+
+/// What the replicated log carries: every change to the store's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A transaction (puts and deletes are one-operation transactions).
+    Txn(TxnRequest),
+    /// Compact history up to a revision.
+    Compact(u64),
+    /// Grant a lease (the id is chosen before replication, so every member applies the same).
+    LeaseGrant {
+        /// The lease id.
+        id: i64,
+        /// The TTL asked for, in seconds.
+        ttl: i64,
+    },
+    /// Revoke a lease and delete its keys.
+    LeaseRevoke(i64),
+}
+
+/// What applying a [`Command`] answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// A transaction's result and the store revision after it.
+    Txn(Header, TxnResponse),
+    /// A compaction's header.
+    Compacted(Header),
+    /// A granted lease: the id and the TTL granted.
+    LeaseGranted {
+        /// The header.
+        header: Header,
+        /// The lease id.
+        id: i64,
+        /// The TTL granted.
+        ttl: i64,
+    },
+    /// A revoked lease.
+    LeaseRevoked(Header),
+    /// The command failed deterministically (e.g. a duplicate key); every member answers the
+    /// same, nothing was written.
+    Failed(String),
+}
+
+/// A member's address, as other members and clients reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's name (`--name`).
+    pub name: String,
+    /// Where peers reach it (QUIC).
+    pub peer_addr: String,
+    /// Where clients reach its etcd API (gRPC).
+    pub client_addr: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The store's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
