@@ -7,10 +7,12 @@
 //! - [`lease`]: the lease table (grants, attached keys; deadlines on the leader only);
 //! - [`watch`]: the watch hub (history replay, then live; slow watchers never block writers);
 //! - [`etcd`]: the etcd v3 gRPC edge (KV service), over any [`etcd::KvBackend`];
-//! - [`raft`]: the openraft type configuration, the replicated [`raft::Command`]s, and the
-//!   durable Raft log on its own RocksDB (synced before openraft hears of a flush);
-//! - (next) the Raft state machine on the MVCC store (holding the lease table too), snapshots,
-//!   the QUIC peer transport, and the Watch, Lease, Maintenance and Cluster services.
+//! - [`raft`]: the openraft type configuration, the replicated [`raft::Command`]s, the durable
+//!   Raft log on its own RocksDB (synced before openraft hears of a flush), and the state
+//!   machine on the MVCC store and lease table (applied log id in the same batch as each
+//!   transaction; snapshots from one RocksDB view). Passes openraft's storage test suite;
+//! - (next) the QUIC peer transport, the Raft node and membership, and the Watch, Lease,
+//!   Maintenance and Cluster services.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
@@ -26,7 +28,7 @@ pub mod types;
 pub mod watch;
 
 pub use keys::KeyRange;
-pub use mvcc::{Mvcc, MvccOptions};
+pub use mvcc::{MetaOp, Mvcc, MvccOptions};
 pub use revision::Revision;
 
 /// What can go wrong in the store. Each message says what failed; the gRPC edge maps these to

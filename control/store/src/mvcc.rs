@@ -40,6 +40,27 @@ const CF_META: &str = "meta";
 const META_CURRENT: &[u8] = b"current_revision";
 const META_COMPACTED: &[u8] = b"compacted_revision";
 
+/// Prefix of caller-owned keys in `meta`, apart from the store's own.
+const META_USER: &[u8] = b"user/";
+
+const ALL_CFS: [&str; 4] = [CF_KV, CF_INDEX, CF_HISTORY, CF_META];
+
+fn meta_key(k: &[u8]) -> Vec<u8> {
+    [META_USER, k].concat()
+}
+
+/// A caller-owned metadata entry: (key, value).
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
+
+/// A change to caller-owned metadata, applied in the same batch as a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaOp {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key`.
+    Delete(Vec<u8>),
+}
+
 const TOMBSTONE: u8 = 1;
 const LIVE: u8 = 0;
 
@@ -98,7 +119,7 @@ impl Mvcc {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
-        let cfs = [CF_KV, CF_INDEX, CF_HISTORY, CF_META]
+        let cfs = ALL_CFS
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
@@ -152,6 +173,17 @@ impl Mvcc {
     /// Runs a transaction atomically. Returns the response and the events it produced, in
     /// order (all at the response header's revision).
     pub fn txn(&self, req: &TxnRequest) -> Result<(Header, TxnResponse, Vec<Event>), StoreError> {
+        self.txn_with_meta(req, &[])
+    }
+
+    /// Runs a transaction and applies `meta` (caller-owned metadata, such as the Raft state
+    /// machine's last applied log id) in the same atomic batch. `meta` is written even when the
+    /// transaction writes nothing; if the transaction fails, nothing is written.
+    pub fn txn_with_meta(
+        &self,
+        req: &TxnRequest,
+        meta: &[MetaOp],
+    ) -> Result<(Header, TxnResponse, Vec<Event>), StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let snap = self.db.snapshot();
         let view = View::new(self, &snap)?;
@@ -166,22 +198,119 @@ impl Mvcc {
             deleted: Vec::new(),
         };
         let resp = w.txn(req)?;
-        if w.sub == 0 {
-            // Nothing written: a read-only transaction does not advance the revision.
-            return Ok((
-                Header {
-                    revision: w.view.current,
-                },
-                resp,
-                Vec::new(),
-            ));
+        let wrote = w.sub > 0;
+        let revision = if wrote { w.main } else { w.view.current };
+        if wrote {
+            w.batch
+                .put_cf(self.cf(CF_META), META_CURRENT, w.main.to_be_bytes());
         }
-        w.batch
-            .put_cf(self.cf(CF_META), META_CURRENT, w.main.to_be_bytes());
+        self.add_meta(&mut w.batch, meta);
+        if !w.batch.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.sync);
+            self.db.write_opt(w.batch, &wo)?;
+        }
+        // A read-only transaction does not advance the revision and produces no events.
+        Ok((Header { revision }, resp, w.events))
+    }
+
+    fn add_meta(&self, batch: &mut WriteBatch, meta: &[MetaOp]) {
+        for op in meta {
+            match op {
+                MetaOp::Put(k, v) => batch.put_cf(self.cf(CF_META), meta_key(k), v),
+                MetaOp::Delete(k) => batch.delete_cf(self.cf(CF_META), meta_key(k)),
+            }
+        }
+    }
+
+    /// Applies caller-owned metadata atomically.
+    pub fn write_meta(&self, meta: &[MetaOp]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.add_meta(&mut batch, meta);
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
-        self.db.write_opt(w.batch, &wo)?;
-        Ok((Header { revision: w.main }, resp, w.events))
+        Ok(self.db.write_opt(batch, &wo)?)
+    }
+
+    /// Reads caller-owned metadata.
+    pub fn read_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), meta_key(key))?)
+    }
+
+    /// Caller-owned metadata whose keys start with `prefix`, as (key, value) pairs.
+    pub fn scan_meta(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, StoreError> {
+        let full = meta_key(prefix);
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_META));
+        it.seek(&full);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(&full) {
+                break;
+            }
+            out.push((k[META_USER.len()..].to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Every current key-value with a lease attached (to rebuild the lease table on start).
+    pub fn leased_keys(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_KV));
+        it.seek_to_first();
+        while let Some(v) = it.value() {
+            let kv: KeyValue = decode(v, "key-value")?;
+            if kv.lease != 0 {
+                out.push((kv.lease, kv.key));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The whole state (every column family) as one byte string, read from one consistent
+    /// RocksDB snapshot: what a Raft snapshot carries.
+    pub fn export(&self) -> Result<Vec<u8>, StoreError> {
+        let snap = self.db.snapshot();
+        let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (i, name) in ALL_CFS.iter().enumerate() {
+            let mut it = snap.raw_iterator_cf(self.cf(name));
+            it.seek_to_first();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                rows.push((i as u8, k.to_vec(), v.to_vec()));
+                it.next();
+            }
+            it.status()?;
+        }
+        bincode::serde::encode_to_vec(&rows, bincode::config::standard())
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode a snapshot: {e}")))
+    }
+
+    /// Replaces the whole state with an [`Mvcc::export`]ed one, atomically.
+    pub fn import(&self, data: &[u8]) -> Result<(), StoreError> {
+        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = decode(data, "snapshot")?;
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        for name in ALL_CFS {
+            let mut it = self.db.raw_iterator_cf(self.cf(name));
+            it.seek_to_first();
+            while let Some(k) = it.key() {
+                batch.delete_cf(self.cf(name), k);
+                it.next();
+            }
+            it.status()?;
+        }
+        for (cf, k, v) in rows {
+            let name = ALL_CFS
+                .get(usize::from(cf))
+                .ok_or_else(|| StoreError::Corrupt(format!("snapshot names column family {cf}")))?;
+            batch.put_cf(self.cf(name), k, v);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        Ok(self.db.write_opt(batch, &wo)?)
     }
 
     /// Writes one key.

@@ -1,10 +1,12 @@
 //! Replication with openraft: the type configuration, the commands the log carries, and the
 //! durable Raft log on RocksDB ([`log`]).
 //!
-//! Still to come (issue 3): the state machine (applying [`Command`]s to the MVCC store and the
-//! lease table, snapshots from a consistent RocksDB view), the QUIC transport and the node.
+//! [`state_machine`] applies committed [`Command`]s to the MVCC store and the lease table and
+//! builds snapshots from one consistent RocksDB view. Still to come (issue 3): the QUIC
+//! transport and the node.
 
 pub mod log;
+pub mod state_machine;
 
 use std::io::Cursor;
 
@@ -48,6 +50,8 @@ pub enum CommandResponse {
     },
     /// A revoked lease.
     LeaseRevoked(Header),
+    /// A log entry without a command (a leader's blank entry, a membership change) applied.
+    Applied,
     /// The command failed deterministically (e.g. a duplicate key); every member answers the
     /// same, nothing was written.
     Failed(String),
