@@ -95,6 +95,7 @@ pub fn status_of(e: &StoreError) -> Status {
             "etcdserver: storage failure, nothing was written: {e}"
         )),
         StoreError::Corrupt(_) => Status::data_loss(e.to_string()),
+        StoreError::Transport(_) => Status::unavailable(e.to_string()),
     }
 }
 

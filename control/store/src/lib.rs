@@ -10,9 +10,10 @@
 //! - [`raft`]: the openraft type configuration, the replicated [`raft::Command`]s, the durable
 //!   Raft log on its own RocksDB (synced before openraft hears of a flush), and the state
 //!   machine on the MVCC store and lease table (applied log id in the same batch as each
-//!   transaction; snapshots from one RocksDB view). Passes openraft's storage test suite;
-//! - (next) the QUIC peer transport, the Raft node and membership, and the Watch, Lease,
-//!   Maintenance and Cluster services.
+//!   transaction; snapshots from one RocksDB view; passes openraft's storage test suite), and
+//!   the peer transport (Raft RPCs over QUIC with mutual TLS, one stream per RPC);
+//! - (next) the node in `flotilla server` (membership, linearizable reads, proposals from the
+//!   gRPC edge, lease expiry), and the Watch, Lease, Maintenance and Cluster services.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
@@ -65,6 +66,9 @@ pub enum StoreError {
     /// RocksDB failed (disk full, I/O error). Nothing of the failed write was applied.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// The peer transport failed to start (bad certificates, address in use).
+    #[error("peer transport: {0}")]
+    Transport(String),
     /// Stored bytes could not be decoded: a bug or a damaged disk.
     #[error("corrupt store: {0}")]
     Corrupt(String),

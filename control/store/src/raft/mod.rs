@@ -2,10 +2,11 @@
 //! durable Raft log on RocksDB ([`log`]).
 //!
 //! [`state_machine`] applies committed [`Command`]s to the MVCC store and the lease table and
-//! builds snapshots from one consistent RocksDB view. Still to come (issue 3): the QUIC
-//! transport and the node.
+//! builds snapshots from one consistent RocksDB view. [`network`] carries Raft RPCs over QUIC
+//! with mutual TLS. Still to come (issue 3): the node (membership, reads, proposals).
 
 pub mod log;
+pub mod network;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -73,6 +74,22 @@ impl std::fmt::Display for Member {
         write!(f, "{}@{}", self.name, self.peer_addr)
     }
 }
+
+/// Raft timing: heartbeat 100 ms, elections after 1–2 s without one (etcd-like defaults).
+pub fn default_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "flotilla".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        // Snapshots are sent whole; the default 200 ms chunk timeout is too short for them.
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
 
 openraft::declare_raft_types!(
     /// The store's Raft types.

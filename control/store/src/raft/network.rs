@@ -1,0 +1,320 @@
+//! Raft RPCs between members over QUIC with mutual TLS.
+//!
+//! One bidirectional stream per RPC: the caller writes one bincode-encoded [`PeerRequest`] and
+//! finishes its side; the callee answers with one [`PeerResponse`]. Both ends present
+//! certificates signed by the cluster CA; a peer without one never completes the handshake. A
+//! frame that does not decode resets that stream and closes that connection only; the member
+//! keeps serving everyone else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::Raft;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::{Deserialize, Serialize};
+
+use super::{Member, TypeConfig};
+use crate::StoreError;
+
+/// Largest RPC frame accepted (a batch of entries or a snapshot chunk).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// A Raft RPC as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// An election.
+    Vote(VoteRequest<u64>),
+    /// A snapshot chunk.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// To AppendEntries.
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// To Vote.
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// To InstallSnapshot.
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+/// A QUIC endpoint that serves this member's Raft RPCs and dials its peers.
+#[derive(Debug, Clone)]
+pub struct PeerEndpoint {
+    endpoint: quinn::Endpoint,
+}
+
+impl PeerEndpoint {
+    /// Binds `addr` with `server` (client certificates required) for incoming RPCs and
+    /// `client` (presenting this member's certificate) for outgoing ones.
+    pub fn bind(
+        addr: SocketAddr,
+        server: rustls::ServerConfig,
+        client: rustls::ClientConfig,
+    ) -> Result<PeerEndpoint, StoreError> {
+        let bad =
+            |what: &str, e: &dyn std::fmt::Display| StoreError::Transport(format!("{what}: {e}"));
+        let server =
+            QuicServerConfig::try_from(server).map_err(|e| bad("peer TLS (server)", &e))?;
+        let client =
+            QuicClientConfig::try_from(client).map_err(|e| bad("peer TLS (client)", &e))?;
+        let mut endpoint =
+            quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(server)), addr)
+                .map_err(|e| bad(&format!("binding the peer address {addr}"), &e))?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+        Ok(PeerEndpoint { endpoint })
+    }
+
+    /// The address actually bound (port 0 picks one).
+    pub fn local_addr(&self) -> Result<SocketAddr, StoreError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| StoreError::Transport(e.to_string()))
+    }
+
+    /// Serves RPCs for `raft` until the endpoint closes.
+    pub async fn serve(self, raft: Raft<TypeConfig>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    // Includes peers without a valid certificate: the handshake fails.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "peer connection refused");
+                        return;
+                    }
+                };
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let raft = raft.clone();
+                    let conn = conn.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(raft, send, recv).await {
+                            tracing::warn!(peer = %conn.remote_address(), error = %e, "bad peer message; closing its connection");
+                            conn.close(1u32.into(), b"bad message");
+                        }
+                    });
+                }
+            });
+        }
+    }
+
+    /// Stops serving and dialing.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+}
+
+async fn answer(
+    raft: Raft<TypeConfig>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), String> {
+    let frame = recv
+        .read_to_end(MAX_FRAME_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = match decode::<PeerRequest>(&frame)? {
+        PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+        PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+        PeerRequest::InstallSnapshot(r) => {
+            PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
+        }
+    };
+    send.write_all(&encode(&resp)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())
+}
+
+/// Dials peers for openraft.
+#[derive(Debug, Clone)]
+pub struct PeerNetwork {
+    endpoint: PeerEndpoint,
+}
+
+impl PeerNetwork {
+    /// Dials through `endpoint`.
+    pub fn new(endpoint: PeerEndpoint) -> PeerNetwork {
+        PeerNetwork { endpoint }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
+        PeerClient {
+            endpoint: self.endpoint.endpoint.clone(),
+            target,
+            node: node.clone(),
+            conn: None,
+        }
+    }
+}
+
+/// The connection to one peer, re-established on failure.
+#[derive(Debug)]
+pub struct PeerClient {
+    endpoint: quinn::Endpoint,
+    target: u64,
+    node: Member,
+    conn: Option<quinn::Connection>,
+}
+
+/// Why one call failed, before it is typed for openraft.
+enum CallError {
+    Unreachable(String),
+    Network(String),
+}
+
+#[derive(Debug)]
+struct Message(String);
+
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl PeerClient {
+    async fn connection(&mut self) -> Result<quinn::Connection, CallError> {
+        if let Some(c) = &self.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let addr: SocketAddr = self.node.peer_addr.parse().map_err(|e| {
+            CallError::Unreachable(format!("bad peer address {:?}: {e}", self.node.peer_addr))
+        })?;
+        // The peer's certificate names its IP address.
+        let conn = self
+            .endpoint
+            .connect(addr, &addr.ip().to_string())
+            .map_err(|e| CallError::Unreachable(e.to_string()))?
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn call(&mut self, req: PeerRequest, ttl: Duration) -> Result<PeerResponse, CallError> {
+        let bytes = encode(&req).map_err(CallError::Network)?;
+        let attempt = async {
+            let conn = self.connection().await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| CallError::Network(e.to_string()))?;
+            send.finish()
+                .map_err(|e| CallError::Network(e.to_string()))?;
+            let frame = recv
+                .read_to_end(MAX_FRAME_BYTES)
+                .await
+                .map_err(|e| CallError::Network(e.to_string()))?;
+            decode::<PeerResponse>(&frame).map_err(CallError::Network)
+        };
+        let result = tokio::time::timeout(ttl, attempt)
+            .await
+            .unwrap_or_else(|_| Err(CallError::Network(format!("no answer within {ttl:?}"))));
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, Member, E> {
+        match e {
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Message(m))),
+            CallError::Network(m) => RPCError::Network(NetworkError::new(&Message(m))),
+        }
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<u64, Member, E> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            self.node.clone(),
+            e,
+        ))
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, Member, E> {
+        RPCError::Network(NetworkError::new(&Message(
+            "peer answered a different RPC".into(),
+        )))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        match self
+            .call(PeerRequest::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerResponse::AppendEntries(r)) => r.map_err(|e| self.remote(e)),
+            Ok(_) => Err(self.unexpected()),
+            Err(e) => Err(self.rpc_error(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self
+            .call(PeerRequest::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerResponse::InstallSnapshot(r)) => r.map_err(|e| self.remote(e)),
+            Ok(_) => Err(self.unexpected()),
+            Err(e) => Err(self.rpc_error(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await {
+            Ok(PeerResponse::Vote(r)) => r.map_err(|e| self.remote(e)),
+            Ok(_) => Err(self.unexpected()),
+            Err(e) => Err(self.rpc_error(e)),
+        }
+    }
+}
