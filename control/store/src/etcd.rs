@@ -95,7 +95,21 @@ pub fn status_of(e: &StoreError) -> Status {
             "etcdserver: storage failure, nothing was written: {e}"
         )),
         StoreError::Corrupt(_) => Status::data_loss(e.to_string()),
-        StoreError::Transport(_) => Status::unavailable(e.to_string()),
+        StoreError::Transport(_) | StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
+        StoreError::Refused(m) => refused_status(m),
+    }
+}
+
+/// A refusal from the replicated state machine, which carries the store error's message.
+fn refused_status(m: &str) -> Status {
+    if m.contains("compacted") || m.contains("future revision") {
+        Status::out_of_range(format!("etcdserver: mvcc: {m}"))
+    } else if m.contains("lease not found") {
+        Status::not_found(m.to_string())
+    } else if m.starts_with("etcdserver:") {
+        Status::invalid_argument(m.to_string())
+    } else {
+        Status::invalid_argument(format!("etcdserver: {m}"))
     }
 }
 

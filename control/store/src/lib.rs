@@ -66,6 +66,12 @@ pub enum StoreError {
     /// RocksDB failed (disk full, I/O error). Nothing of the failed write was applied.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// The cluster could not serve the request in time (no leader, no quorum).
+    #[error("etcdserver: request timed out, no leader or quorum: {0}")]
+    Unavailable(String),
+    /// The replicated state machine refused the request (the same on every member).
+    #[error("{0}")]
+    Refused(String),
     /// The peer transport failed to start (bad certificates, address in use).
     #[error("peer transport: {0}")]
     Transport(String),

@@ -7,6 +7,7 @@
 
 pub mod log;
 pub mod network;
+pub mod node;
 pub mod state_machine;
 
 use std::io::Cursor;

@@ -22,7 +22,7 @@ use openraft::Raft;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 
-use super::{Member, TypeConfig};
+use super::{Command, CommandResponse, Member, TypeConfig};
 use crate::StoreError;
 
 /// Largest RPC frame accepted (a batch of entries or a snapshot chunk).
@@ -37,6 +37,10 @@ pub enum PeerRequest {
     Vote(VoteRequest<u64>),
     /// A snapshot chunk.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower forwards a client's write to the leader.
+    Propose(Command),
+    /// A follower asks the leader for a read index (etcd's ReadIndex).
+    ReadIndex,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -48,6 +52,10 @@ pub enum PeerResponse {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     /// To InstallSnapshot.
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// To Propose: the command's result, or why the leader could not take it.
+    Propose(Result<CommandResponse, String>),
+    /// To ReadIndex: the log index a linearizable read must wait for, or why not.
+    ReadIndex(Result<Option<u64>, String>),
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
@@ -142,6 +150,18 @@ async fn answer(
         PeerRequest::InstallSnapshot(r) => {
             PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
         }
+        PeerRequest::Propose(cmd) => PeerResponse::Propose(
+            raft.client_write(cmd)
+                .await
+                .map(|r| r.data)
+                .map_err(|e| e.to_string()),
+        ),
+        PeerRequest::ReadIndex => PeerResponse::ReadIndex(
+            raft.ensure_linearizable()
+                .await
+                .map(|id| id.map(|l| l.index))
+                .map_err(|e| e.to_string()),
+        ),
     };
     send.write_all(&encode(&resp)?)
         .await
@@ -248,6 +268,17 @@ impl PeerClient {
             self.conn = None;
         }
         result
+    }
+
+    /// Sends any request and returns the answer, for forwarding from followers.
+    pub async fn request(
+        &mut self,
+        req: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, String> {
+        self.call(req, ttl).await.map_err(|e| match e {
+            CallError::Unreachable(m) | CallError::Network(m) => m,
+        })
     }
 
     fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, Member, E> {

@@ -1,36 +1,24 @@
 //! Three members in one process, talking Raft over real QUIC with mutual TLS on loopback.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_pki::{client_config, server_config, CertRequest, ClientAuth, ClusterCa, Usage};
-use openraft::Raft;
 
-use super::log::RaftLog;
 use super::network::{PeerEndpoint, PeerNetwork};
-use super::state_machine::StateMachine;
+use super::node::StoreNode;
 use super::*;
+use crate::etcd::KvBackend;
 use crate::types::{Op, PutRequest, RangeRequest};
-use crate::watch::WatchHub;
-use crate::{KeyRange, Mvcc, MvccOptions};
-
-struct Node {
-    raft: Raft<TypeConfig>,
-    mvcc: Arc<Mvcc>,
-    endpoint: PeerEndpoint,
-}
+use crate::KeyRange;
 
 struct Cluster {
-    nodes: BTreeMap<u64, Node>,
+    nodes: BTreeMap<u64, StoreNode>,
     dir: std::path::PathBuf,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for n in self.nodes.values() {
-            n.endpoint.close();
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -54,51 +42,33 @@ async fn start(name: &str, n: u64) -> Cluster {
     let dir = std::env::temp_dir().join(format!("flotilla-raft-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let ca = ClusterCa::generate("test-ca").unwrap();
-    let config = Arc::new(default_config().validate().unwrap());
     let mut members = BTreeMap::new();
     let mut nodes = BTreeMap::new();
     for id in 1..=n {
         let (server, client) = tls(&ca);
         let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), server, client).unwrap();
-        let addr = endpoint.local_addr().unwrap();
         members.insert(
             id,
             Member {
                 name: format!("m{id}"),
-                peer_addr: addr.to_string(),
+                peer_addr: endpoint.local_addr().unwrap().to_string(),
                 client_addr: String::new(),
             },
         );
-        let d = dir.join(id.to_string());
-        let log = RaftLog::open(&d.join("log")).unwrap();
-        let mvcc = Arc::new(Mvcc::open(&d.join("state"), MvccOptions { sync: false }).unwrap());
-        let sm = StateMachine::open(mvcc.clone(), WatchHub::new(mvcc.clone()).unwrap()).unwrap();
-        let raft = Raft::new(
-            id,
-            config.clone(),
-            PeerNetwork::new(endpoint.clone()),
-            log,
-            sm,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(endpoint.clone().serve(raft.clone()));
-        nodes.insert(
-            id,
-            Node {
-                raft,
-                mvcc,
-                endpoint,
-            },
-        );
+        let node = StoreNode::start(id, &dir.join(id.to_string()), default_config(), endpoint)
+            .await
+            .unwrap();
+        nodes.insert(id, node);
     }
-    nodes[&1].raft.initialize(members).await.unwrap();
+    for node in nodes.values() {
+        node.bootstrap(members.clone()).await.unwrap();
+    }
     Cluster { nodes, dir }
 }
 
 impl Cluster {
     async fn leader(&self, among: &[u64]) -> u64 {
-        let raft = &self.nodes[&among[0]].raft;
+        let raft = self.nodes[&among[0]].raft();
         let m = raft
             .wait(Some(Duration::from_secs(10)))
             .metrics(
@@ -119,19 +89,16 @@ impl Cluster {
             })],
             ..Default::default()
         });
-        let resp = self.nodes[&via].raft.client_write(cmd).await.unwrap();
-        assert!(
-            matches!(resp.data, CommandResponse::Txn(..)),
-            "{:?}",
-            resp.data
-        );
+        let resp = self.nodes[&via].propose(cmd).await.unwrap();
+        assert!(matches!(resp, CommandResponse::Txn(..)), "{resp:?}");
     }
 
     async fn wait_for_key(&self, on: u64, key: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let (_, r) = self.nodes[&on]
-                .mvcc
+                .mvcc()
+                .as_ref()
                 .range(&RangeRequest::new(KeyRange::Single(key.into())))
                 .unwrap();
             if !r.kvs.is_empty() {
@@ -156,8 +123,7 @@ async fn three_members_replicate_and_survive_losing_the_leader() {
     }
 
     // The leader stops: the other two elect a new one and keep accepting writes.
-    c.nodes[&leader].raft.shutdown().await.unwrap();
-    c.nodes[&leader].endpoint.close();
+    c.nodes[&leader].shutdown().await;
     let rest: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let started = tokio::time::Instant::now();
     let new_leader = c.leader(&rest).await;
@@ -184,7 +150,7 @@ async fn a_peer_without_a_cluster_certificate_is_refused_and_harmless() {
     let intruder = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), server, client).unwrap();
     let mut net = PeerNetwork::new(intruder.clone());
     let target = c.nodes[&leader]
-        .raft
+        .raft()
         .metrics()
         .borrow()
         .membership_config
@@ -206,4 +172,24 @@ async fn a_peer_without_a_cluster_certificate_is_refused_and_harmless() {
     // The cluster is unaffected: same leader, writes still commit.
     c.put(leader, "/still-fine").await;
     assert_eq!(c.leader(&[1, 2, 3]).await, leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_forward_writes_and_serve_linearizable_reads() {
+    let c = start("forward", 3).await;
+    let leader = c.leader(&[1, 2, 3]).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    // A write sent to a follower is forwarded to the leader and committed.
+    c.put(follower, "/via-follower").await;
+    // A linearizable read on the other follower sees it at once, without waiting by hand.
+    let (h, r) = KvBackend::range(
+        &c.nodes[&other],
+        RangeRequest::new(KeyRange::Single(b"/via-follower".to_vec())),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.kvs.len(), 1);
+    assert_eq!(h.revision, 1);
 }
