@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use flotilla_pki::{CertRequest, ClusterCa};
+use flotilla_pki::{CertRequest, ClusterCa, Usage};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{endpoints_file, write_atomically, MemberEndpoints};
@@ -27,8 +27,10 @@ pub struct UpArgs {
     #[command(flatten)]
     pub dir: ClusterDir,
 
-    /// Number of masters (each runs the replicated store and, as they land, the API server,
-    /// controller manager and scheduler). Use an odd number: 3 survives one failure.
+    /// Number of masters (each runs a member of the replicated store and, as they land, the API
+    /// server, controller manager and scheduler). Use an odd number: 3 survives one failure.
+    /// Ignored when DIR holds a stopped cluster (DIR/members.json), which restarts with its own
+    /// members.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=7))]
     pub masters: u16,
 
@@ -158,25 +160,58 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .context("issuing the admin certificate")?;
     let (admin_cert, admin_key) = admin.write(&pki_dir, "admin")?;
 
+    // Members keep their peer addresses across restarts (the Raft membership names them), so
+    // they are recorded once in DIR/members.json and reused from then on.
+    let members_file = dir.join("members.json");
+    let peers: Vec<(String, String)> = match fs::read(&members_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not valid", members_file.display()))?,
+        Err(_) => {
+            let fresh = (1..=args.masters)
+                .map(|i| Ok((format!("m{i}"), free_udp_addr()?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            write_atomically(&members_file, &serde_json::to_vec_pretty(&fresh)?)?;
+            fresh
+        }
+    };
+    let initial_cluster = peers
+        .iter()
+        .map(|(name, addr)| format!("{name}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+
     let exe = std::env::current_exe().context("locating the flotilla binary")?;
     let mut processes = Vec::new();
-    for i in 1..=args.masters {
-        let name = format!("m{i}");
-        let data_dir = dir.join(&name);
+    for (name, peer_addr) in &peers {
+        if !pki_dir.join(format!("{name}.crt")).exists() {
+            ca.issue(&CertRequest::host(
+                name,
+                &["127.0.0.1".into(), "localhost".into(), name.clone()],
+                Usage::Peer,
+            ))
+            .with_context(|| format!("issuing {name}'s certificate"))?
+            .write(&pki_dir, name)?;
+        }
+        let data_dir = dir.join(name);
         fs::create_dir_all(&data_dir)?;
         let _ = fs::remove_file(endpoints_file(&data_dir));
         let log = data_dir.join("server.log");
         let pid = spawn_detached(
             Command::new(&exe)
                 .arg("server")
-                .args(["--name", &name])
+                .args(["--name", name])
                 .arg("--data-dir")
                 .arg(&data_dir)
-                .args(["--listen-metrics", "127.0.0.1:0"]),
+                .args(["--listen-metrics", "127.0.0.1:0"])
+                .args(["--listen-peer", peer_addr])
+                .args(["--listen-client", "127.0.0.1:0"])
+                .args(["--initial-cluster", &initial_cluster])
+                .arg("--pki-dir")
+                .arg(&pki_dir),
             &log,
         )?;
         processes.push(ProcessEntry {
-            name,
+            name: name.clone(),
             role: "master".into(),
             pid,
             endpoints: BTreeMap::new(),
@@ -190,6 +225,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         let published = wait_healthy(p, deadline)?;
         p.endpoints.insert("metrics".into(), published.metrics);
         p.endpoints.insert("health".into(), published.health);
+        p.endpoints.insert("etcd".into(), published.etcd);
+        p.endpoints.insert("peer".into(), published.peer);
     }
 
     let cluster = ClusterFile {
@@ -220,6 +257,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A free UDP port on loopback for a member's Raft traffic. The port is released before the
+/// member binds it; another process could take it in between, which `up` then reports as that
+/// member failing to start.
+fn free_udp_addr() -> anyhow::Result<String> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
+    Ok(sock.local_addr()?.to_string())
 }
 
 /// Starts `cmd` in its own process group with output appended to `log`; returns its pid.
@@ -368,17 +413,19 @@ fn state_word(h: &Option<Result<(), String>>) -> String {
 
 fn print_table(cluster: &ClusterFile, health: &[Option<Result<(), String>>]) {
     println!(
-        "{:<6} {:<7} {:>8}  {:<10} METRICS",
-        "NAME", "ROLE", "PID", "STATE"
+        "{:<6} {:<7} {:>8}  {:<10} {:<24} METRICS",
+        "NAME", "ROLE", "PID", "STATE", "ETCD API"
     );
     for (p, h) in cluster.processes.iter().zip(health) {
+        let endpoint = |k: &str| p.endpoints.get(k).map_or("-", String::as_str).to_string();
         println!(
-            "{:<6} {:<7} {:>8}  {:<10} {}",
+            "{:<6} {:<7} {:>8}  {:<10} {:<24} {}",
             p.name,
             p.role,
             p.pid,
             state_word(h),
-            p.endpoints.get("metrics").map_or("-", String::as_str)
+            endpoint("etcd"),
+            endpoint("metrics")
         );
     }
 }
@@ -451,6 +498,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
             let _ = fs::remove_dir_all(&p.data_dir);
         }
         let _ = fs::remove_dir_all(dir.join("pki"));
+        let _ = fs::remove_file(dir.join("members.json"));
         println!("removed the cluster's data, certificates and logs");
     }
     println!(

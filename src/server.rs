@@ -1,9 +1,9 @@
 //! `flotilla server`: one master process.
 //!
-//! Today a master opens its store (RocksDB under `--data-dir`) and serves `/metrics` and
-//! `/healthz`. Raft replication, the etcd API, the Kubernetes API, the controller manager and the
-//! scheduler join it as their issues land; `flotilla up` and the tests already run it as a
-//! separate process per master.
+//! A master runs its member of the replicated store (Raft over QUIC with mutual TLS, RocksDB
+//! under `--data-dir`), serves the etcd v3 KV API over TLS with client certificates, and serves
+//! `/metrics` and `/healthz`. The Kubernetes API, the controller manager and the scheduler join
+//! it as their issues land.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,12 +11,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
 use clap::Args;
+use flotilla_pki::ClientAuth;
 use flotilla_runtime::metrics::{self, Gauge, HealthCheck, Registry};
 use flotilla_runtime::tasks::termination_signal;
 use flotilla_runtime::Tasks;
-use flotilla_store::{Mvcc, MvccOptions};
+use flotilla_store::etcd::{self, MemberIdentity};
+use flotilla_store::raft::network::PeerEndpoint;
+use flotilla_store::raft::node::StoreNode;
+use flotilla_store::raft::{default_config, Member};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
@@ -37,6 +43,55 @@ pub struct ServerArgs {
     /// DIR/endpoints.json.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen_metrics: SocketAddr,
+
+    /// UDP address for Raft traffic with the other members (QUIC, mutual TLS); must be this
+    /// member's address in --initial-cluster (etcd's --listen-peer-urls).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2380")]
+    pub listen_peer: SocketAddr,
+
+    /// TCP address for the etcd v3 API (gRPC over TLS, client certificates required)
+    /// (etcd's --listen-client-urls).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2379")]
+    pub listen_client: SocketAddr,
+
+    /// Every member as NAME=PEER_ADDR, comma-separated, identical on every member
+    /// (etcd's --initial-cluster), e.g. m1=10.0.0.1:2380,m2=10.0.0.2:2380,m3=10.0.0.3:2380.
+    /// A member's Raft id is its position in this list.
+    #[arg(long, value_name = "LIST")]
+    pub initial_cluster: String,
+
+    /// Directory with the cluster CA (ca.crt) and this member's certificate and key
+    /// (NAME.crt, NAME.key), valid for its peer and client addresses. `flotilla up` makes them.
+    #[arg(long, value_name = "DIR")]
+    pub pki_dir: PathBuf,
+}
+
+/// Parses `--initial-cluster` into Raft ids and members.
+pub fn parse_initial_cluster(list: &str) -> anyhow::Result<BTreeMap<u64, Member>> {
+    let mut members = BTreeMap::new();
+    for (i, part) in list.split(',').filter(|p| !p.is_empty()).enumerate() {
+        let (name, addr) = part
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster entry {part:?} is not NAME=PEER_ADDR"))?;
+        let addr: SocketAddr = addr.parse().with_context(|| {
+            format!("--initial-cluster entry {part:?}: {addr:?} is not an IP:PORT address")
+        })?;
+        if members.values().any(|m: &Member| m.name == name) {
+            bail!("--initial-cluster names {name:?} twice");
+        }
+        members.insert(
+            i as u64 + 1,
+            Member {
+                name: name.to_string(),
+                peer_addr: addr.to_string(),
+                client_addr: String::new(),
+            },
+        );
+    }
+    if members.is_empty() {
+        bail!("--initial-cluster is empty; list every member as NAME=PEER_ADDR");
+    }
+    Ok(members)
 }
 
 /// The endpoints a running member publishes in `<data dir>/endpoints.json` once it serves.
@@ -48,6 +103,10 @@ pub struct MemberEndpoints {
     pub metrics: String,
     /// `http://ADDR/healthz`.
     pub health: String,
+    /// `https://ADDR` of the etcd v3 API.
+    pub etcd: String,
+    /// `ADDR` of the Raft peer transport (UDP).
+    pub peer: String,
 }
 
 /// Where a member publishes its endpoints.
@@ -69,17 +128,53 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let members = parse_initial_cluster(&args.initial_cluster)?;
+    let (id, me) = members
+        .iter()
+        .find(|(_, m)| m.name == args.name)
+        .map(|(id, m)| (*id, m.clone()))
+        .with_context(|| {
+            format!(
+                "--name {:?} is not in --initial-cluster {:?}",
+                args.name, args.initial_cluster
+            )
+        })?;
+    if me.peer_addr != args.listen_peer.to_string() {
+        bail!(
+            "--listen-peer {} differs from this member's address {} in --initial-cluster",
+            args.listen_peer,
+            me.peer_addr
+        );
+    }
+    let ca_pem = std::fs::read_to_string(args.pki_dir.join(flotilla_pki::CA_CERT_FILE))
+        .with_context(|| format!("reading the cluster CA in {}", args.pki_dir.display()))?;
+    let tls = flotilla_pki::Identity::read(&args.pki_dir, &args.name).with_context(|| {
+        format!(
+            "reading this member's certificate ({0}.crt, {0}.key) in {1}",
+            args.name,
+            args.pki_dir.display()
+        )
+    })?;
+    let endpoint = PeerEndpoint::bind(
+        args.listen_peer,
+        flotilla_pki::server_config(&ca_pem, &tls, ClientAuth::Required)?,
+        flotilla_pki::client_config(&ca_pem, Some(&tls))?,
+    )?;
     let store_dir = args.data_dir.join("store");
-    let store = Arc::new(
-        Mvcc::open(&store_dir, MvccOptions::default())
-            .with_context(|| format!("opening the store in {}", store_dir.display()))?,
-    );
+    let node = StoreNode::start(id, &store_dir, default_config(), endpoint)
+        .await
+        .with_context(|| format!("starting the store in {}", store_dir.display()))?;
+    node.bootstrap(members).await?;
+    let store = node.mvcc().clone();
     let (revision, compacted) = store.revisions()?;
-    tracing::info!(revision, compacted, dir = %store_dir.display(), "store opened");
+    tracing::info!(id, revision, compacted, dir = %store_dir.display(), "store member started");
 
     let registry = Registry::new();
     let revision_gauge = Gauge::<i64>::default();
     let compacted_gauge = Gauge::<i64>::default();
+    let term_gauge = Gauge::<i64>::default();
+    let leader_gauge = Gauge::<i64>::default();
+    let applied_gauge = Gauge::<i64>::default();
     registry.register(
         "store_revision",
         "The store's current revision",
@@ -90,17 +185,32 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "The store's compacted revision",
         compacted_gauge.clone(),
     );
+    registry.register("raft_term", "This member's Raft term", term_gauge.clone());
+    registry.register(
+        "raft_is_leader",
+        "1 if this member is the Raft leader",
+        leader_gauge.clone(),
+    );
+    registry.register(
+        "raft_applied_index",
+        "The last log index applied to this member's state machine",
+        applied_gauge.clone(),
+    );
 
     let listener = metrics::bind(args.listen_metrics)
         .await
         .with_context(|| format!("binding the metrics address {}", args.listen_metrics))?;
     let addr = listener.local_addr()?;
     let health_store = store.clone();
+    let health_raft = node.raft().metrics();
     let health: HealthCheck = Arc::new(move || {
         health_store
             .revisions()
-            .map(|_| ())
-            .map_err(|e| format!("store unreadable: {e}"))
+            .map_err(|e| format!("store unreadable: {e}"))?;
+        match health_raft.borrow().current_leader {
+            Some(_) => Ok(()),
+            None => Err("no Raft leader known (is a quorum of members up?)".into()),
+        }
     });
 
     let tasks = Tasks::new();
@@ -108,6 +218,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         metrics::serve(listener, registry, health, shutdown)
     });
     let gauge_store = store.clone();
+    let gauge_raft = node.raft().metrics();
     tasks.spawn("store-gauges", move |shutdown| async move {
         loop {
             match gauge_store.revisions() {
@@ -117,6 +228,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read store revisions"),
             }
+            {
+                let m = gauge_raft.borrow();
+                term_gauge.set(m.current_term as i64);
+                leader_gauge.set(i64::from(m.current_leader == Some(m.id)));
+                applied_gauge.set(m.last_applied.map_or(0, |l| l.index) as i64);
+            }
             tokio::select! {
                 _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -124,10 +241,33 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     });
 
+    let client_listener = tokio::net::TcpListener::bind(args.listen_client)
+        .await
+        .with_context(|| format!("binding the client address {}", args.listen_client))?;
+    let client_addr = client_listener.local_addr()?;
+    let etcd_node = node.clone();
+    let identity = MemberIdentity {
+        cluster_id: 0x666c_6f74_696c_6c61, // "flotilla"
+        member_id: id,
+    };
+    tasks.spawn("etcd-api", move |shutdown| async move {
+        etcd::serve(
+            etcd_node,
+            identity,
+            client_listener,
+            &tls,
+            &ca_pem,
+            async move { shutdown.wait().await },
+        )
+        .await
+    });
+
     let endpoints = MemberEndpoints {
         pid: std::process::id(),
         metrics: format!("http://{addr}/metrics"),
         health: format!("http://{addr}/healthz"),
+        etcd: format!("https://{client_addr}"),
+        peer: args.listen_peer.to_string(),
     };
     let published = endpoints_file(&args.data_dir);
     write_atomically(&published, &serde_json::to_vec_pretty(&endpoints)?)?;
@@ -139,6 +279,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&published);
     tasks.shutdown(Duration::from_secs(10)).await;
+    node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -33,14 +33,19 @@ fn up_starts_three_masters_that_status_sees_and_down_stops() {
         assert!(pid_alive(pid), "{p}");
         pids.push(pid);
         assert!(std::path::Path::new(p["data_dir"].as_str().unwrap())
-            .join("store")
+            .join("store/raft-log")
             .exists());
         // Every long-running component serves Prometheus metrics and health.
         let (code, body) = http_get(p["endpoints"]["metrics"].as_str().unwrap());
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("flotilla_store_revision"), "{body}");
+        assert!(body.contains("flotilla_raft_term"), "{body}");
         let (code, _) = http_get(p["endpoints"]["health"].as_str().unwrap());
         assert_eq!(code, 200);
+        assert!(p["endpoints"]["etcd"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://127.0.0.1:"));
     }
     // The CA and an admin client certificate are there for tools.
     for f in ["ca", "admin_cert", "admin_key"] {
@@ -115,4 +120,67 @@ fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
         .unwrap() as u32;
     assert_ne!(new_pid, pid);
     assert!(pid_alive(new_pid));
+}
+
+/// Runs `etcdctl` (etcd 3.4's, from Debian) against one member with the admin certificate.
+fn etcdctl(cluster: &LocalCluster, member: usize, args: &[&str]) -> std::process::Output {
+    let info = cluster.cluster_json();
+    let endpoint = info["processes"][member]["endpoints"]["etcd"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_string();
+    let pki = &info["pki"];
+    std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg(format!("--cacert={}", pki["ca"].as_str().unwrap()))
+        .arg(format!("--cert={}", pki["admin_cert"].as_str().unwrap()))
+        .arg(format!("--key={}", pki["admin_key"].as_str().unwrap()))
+        .args(args)
+        .output()
+        .expect("etcdctl is installed by scripts/setup")
+}
+
+#[test]
+fn etcdctl_writes_on_one_master_and_reads_on_another() {
+    let cluster = LocalCluster::up("etcdctl", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    let out = etcdctl(&cluster, 0, &["put", "/demo/a", "1"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = etcdctl(&cluster, 1, &["put", "/demo/b", "2"]);
+    assert!(out.status.success(), "{}", show(&out));
+    // A linearizable read on a third member sees both writes at once.
+    let out = etcdctl(&cluster, 2, &["get", "--prefix", "/demo/"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/demo/a\n1\n/demo/b\n2\n"
+    );
+    let out = etcdctl(&cluster, 2, &["del", "/demo/a"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "{}",
+        show(&out)
+    );
+    // Bad input gets etcd's error and changes nothing.
+    let out = etcdctl(&cluster, 0, &["put", "", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key is not provided"));
+    let out = etcdctl(&cluster, 1, &["get", "--prefix", "/demo/", "--keys-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/demo/b");
+
+    // Restarting every member keeps the data.
+    let d = cluster.dir_str();
+    let down = flotilla(&["down", "--dir", &d]);
+    assert!(down.status.success(), "{}", show(&down));
+    let up = flotilla(&["up", "--dir", &d, "--nodes", "0", "--no-demo"]);
+    assert!(up.status.success(), "{}", show(&up));
+    let out = etcdctl(&cluster, 0, &["get", "/demo/b", "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2",
+        "{}",
+        show(&out)
+    );
 }

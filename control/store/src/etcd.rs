@@ -486,5 +486,27 @@ impl<B: KvBackend> pb::kv_server::Kv for KvService<B> {
     }
 }
 
+/// Serves the etcd API for `backend` on `listener` over TLS, requiring client certificates
+/// signed by the cluster CA (`ca_pem`), until `shutdown` completes.
+pub async fn serve<B: KvBackend>(
+    backend: B,
+    identity: MemberIdentity,
+    listener: tokio::net::TcpListener,
+    tls: &flotilla_pki::Identity,
+    ca_pem: &str,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(ca_pem));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    Server::builder()
+        .tls_config(tls)?
+        .add_service(KvService::new(backend, identity).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
 #[cfg(test)]
 mod tests;

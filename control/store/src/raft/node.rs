@@ -26,6 +26,9 @@ use crate::{Mvcc, MvccOptions, StoreError};
 
 /// How long a client request may wait for a leader, a commit or a read index.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one forwarded attempt may take: a leader that just died must not hold a request
+/// for long; the next attempt goes to whoever leads by then.
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// One member of the replicated store.
 #[derive(Clone)]
@@ -122,7 +125,7 @@ impl StoreNode {
         };
         use openraft::network::RaftNetworkFactory;
         let mut client = self.network.clone().new_client(id, node).await;
-        client.request(req, REQUEST_TIMEOUT).await
+        client.request(req, FORWARD_TIMEOUT).await
     }
 
     async fn wait_for_leader(&self) {
