@@ -122,8 +122,8 @@ fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
     assert!(pid_alive(new_pid));
 }
 
-/// Runs `etcdctl` (etcd 3.4's, from Debian) against one member with the admin certificate.
-fn etcdctl(cluster: &LocalCluster, member: usize, args: &[&str]) -> std::process::Output {
+/// `etcdctl` (etcd 3.4's, from Debian) aimed at one member with the admin certificate.
+fn etcdctl_command(cluster: &LocalCluster, member: usize) -> std::process::Command {
     let info = cluster.cluster_json();
     let endpoint = info["processes"][member]["endpoints"]["etcd"]
         .as_str()
@@ -131,15 +131,75 @@ fn etcdctl(cluster: &LocalCluster, member: usize, args: &[&str]) -> std::process
         .trim_start_matches("https://")
         .to_string();
     let pki = &info["pki"];
-    std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
+    let mut cmd = std::process::Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .arg(format!("--cacert={}", pki["ca"].as_str().unwrap()))
         .arg(format!("--cert={}", pki["admin_cert"].as_str().unwrap()))
-        .arg(format!("--key={}", pki["admin_key"].as_str().unwrap()))
+        .arg(format!("--key={}", pki["admin_key"].as_str().unwrap()));
+    cmd
+}
+
+/// Runs `etcdctl args…` against one member.
+fn etcdctl(cluster: &LocalCluster, member: usize, args: &[&str]) -> std::process::Output {
+    etcdctl_command(cluster, member)
         .args(args)
         .output()
         .expect("etcdctl is installed by scripts/setup")
+}
+
+/// A child process killed (by its pid) and reaped when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn etcdctl_watch_replays_history_and_sees_writes_made_on_other_masters() {
+    use std::io::{BufRead, BufReader};
+    let cluster = LocalCluster::up("watch", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    assert!(etcdctl(&cluster, 0, &["put", "/w/old", "0"])
+        .status
+        .success());
+    // Watch on member 2 from revision 1: history first, then live writes made on member 0.
+    let child = etcdctl_command(&cluster, 2)
+        .args(["watch", "--prefix", "/w/", "--rev=1", "--prev-kv"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watcher = Child(child);
+    let stdout = watcher.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut expect = |want: &[&str]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lines.len() < want.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("watch printed {lines:?}, expected {want:?}"),
+            }
+        }
+        assert_eq!(lines, want);
+        lines.clear();
+    };
+    expect(&["PUT", "/w/old", "0"]);
+    assert!(etcdctl(&cluster, 0, &["put", "/w/a", "1"]).status.success());
+    expect(&["PUT", "/w/a", "1"]);
+    assert!(etcdctl(&cluster, 1, &["del", "/w/a"]).status.success());
+    // With --prev-kv etcdctl prints the previous key-value, then the deleted key (no value).
+    expect(&["DELETE", "/w/a", "1", "/w/a", ""]);
 }
 
 #[test]

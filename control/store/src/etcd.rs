@@ -12,7 +12,11 @@ use tonic::{Request, Response, Status};
 
 use crate::keys::KeyRange;
 use crate::types::*;
+use crate::watch::WatchHub;
 use crate::{Mvcc, StoreError};
+
+mod watch_service;
+pub use watch_service::WatchService;
 
 /// Most operations one transaction may hold (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS: usize = 128;
@@ -486,10 +490,11 @@ impl<B: KvBackend> pb::kv_server::Kv for KvService<B> {
     }
 }
 
-/// Serves the etcd API for `backend` on `listener` over TLS, requiring client certificates
+/// Serves the etcd API (KV on `backend`, Watch on `hub`) on `listener` over TLS, requiring client certificates
 /// signed by the cluster CA (`ca_pem`), until `shutdown` completes.
 pub async fn serve<B: KvBackend>(
     backend: B,
+    hub: WatchHub,
     identity: MemberIdentity,
     listener: tokio::net::TcpListener,
     tls: &flotilla_pki::Identity,
@@ -504,6 +509,7 @@ pub async fn serve<B: KvBackend>(
     Server::builder()
         .tls_config(tls)?
         .add_service(KvService::new(backend, identity).into_server())
+        .add_service(WatchService::new(hub, identity).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

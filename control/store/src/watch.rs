@@ -120,6 +120,11 @@ impl WatchHub {
         });
     }
 
+    /// The newest revision the hub has been told about (the member's applied revision).
+    pub fn current_revision(&self) -> u64 {
+        self.lock().notified
+    }
+
     /// Number of watchers currently live (not catching up).
     pub fn live_watchers(&self) -> usize {
         self.lock().live.len()
