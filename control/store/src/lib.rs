@@ -13,7 +13,7 @@
 //!   transaction; snapshots from one RocksDB view; passes openraft's storage test suite), and
 //!   the peer transport (Raft RPCs over QUIC with mutual TLS, one stream per RPC);
 //! - (next) the node in `flotilla server` (membership, linearizable reads, proposals from the
-//!   gRPC edge, lease expiry), and the Watch, Lease, Maintenance and Cluster services.
+//!   gRPC edge, lease expiry), and the Lease, Maintenance and Cluster services.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
