@@ -11,9 +11,10 @@
 //!   Raft log on its own RocksDB (synced before openraft hears of a flush), and the state
 //!   machine on the MVCC store and lease table (applied log id in the same batch as each
 //!   transaction; snapshots from one RocksDB view; passes openraft's storage test suite), and
-//!   the peer transport (Raft RPCs over QUIC with mutual TLS, one stream per RPC);
-//! - (next) the node in `flotilla server` (membership, linearizable reads, proposals from the
-//!   gRPC edge, lease expiry), and the Lease, Maintenance and Cluster services.
+//!   the peer transport (Raft RPCs over QUIC with mutual TLS, one stream per RPC), and the
+//!   member `flotilla server` runs (`raft::node::StoreNode`: proposals and linearizable reads
+//!   from any member);
+//! - (next) membership changes, lease expiry, and the Lease, Maintenance and Cluster services.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 
