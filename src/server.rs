@@ -251,10 +251,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         member_id: id,
     };
     tasks.spawn("etcd-api", move |shutdown| async move {
-        let hub = etcd_node.watch_hub().clone();
         etcd::serve(
             etcd_node,
-            hub,
             identity,
             client_listener,
             &tls,

@@ -244,3 +244,54 @@ fn etcdctl_writes_on_one_master_and_reads_on_another() {
         show(&out)
     );
 }
+
+#[test]
+fn etcdctl_leases_attach_keys_expire_and_revoke() {
+    let cluster = LocalCluster::up("lease", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    let grant = |ttl: &str| {
+        let out = etcdctl(&cluster, 0, &["lease", "grant", ttl]);
+        assert!(out.status.success(), "{}", show(&out));
+        // "lease 0ea4… granted with TTL(5s)"
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let short = grant("5");
+    let long = grant("600");
+    assert!(
+        etcdctl(&cluster, 1, &["put", "--lease", &short, "/l/short", "1"])
+            .status
+            .success()
+    );
+    assert!(
+        etcdctl(&cluster, 2, &["put", "--lease", &long, "/l/long", "1"])
+            .status
+            .success()
+    );
+    let ttl = etcdctl(&cluster, 2, &["lease", "timetolive", &long, "--keys"]);
+    assert!(
+        String::from_utf8_lossy(&ttl.stdout).contains("attached keys([/l/long])"),
+        "{}",
+        show(&ttl)
+    );
+    // A put naming a lease that does not exist is refused with etcd's error.
+    let out = etcdctl(&cluster, 0, &["put", "--lease", "1234", "/l/x", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requested lease not found"));
+
+    // Revoking deletes the attached key at once.
+    assert!(etcdctl(&cluster, 1, &["lease", "revoke", &long])
+        .status
+        .success());
+    let keys = |c: &LocalCluster| {
+        let out = etcdctl(c, 0, &["get", "--prefix", "/l/", "--keys-only"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(keys(&cluster), "/l/short");
+    // Without keep-alives the short lease expires (5 s TTL) and takes its key with it.
+    wait_for("the short lease to expire", Duration::from_secs(15), || {
+        keys(&cluster).is_empty()
+    });
+}

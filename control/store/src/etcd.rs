@@ -12,10 +12,11 @@ use tonic::{Request, Response, Status};
 
 use crate::keys::KeyRange;
 use crate::types::*;
-use crate::watch::WatchHub;
 use crate::{Mvcc, StoreError};
 
+mod lease_service;
 mod watch_service;
+pub use lease_service::LeaseService;
 pub use watch_service::WatchService;
 
 /// Most operations one transaction may hold (etcd's `--max-txn-ops` default).
@@ -490,11 +491,10 @@ impl<B: KvBackend> pb::kv_server::Kv for KvService<B> {
     }
 }
 
-/// Serves the etcd API (KV on `backend`, Watch on `hub`) on `listener` over TLS, requiring client certificates
+/// Serves the etcd API (KV, Watch, Lease) of store member `node` on `listener` over TLS, requiring client certificates
 /// signed by the cluster CA (`ca_pem`), until `shutdown` completes.
-pub async fn serve<B: KvBackend>(
-    backend: B,
-    hub: WatchHub,
+pub async fn serve(
+    node: crate::raft::node::StoreNode,
     identity: MemberIdentity,
     listener: tokio::net::TcpListener,
     tls: &flotilla_pki::Identity,
@@ -508,8 +508,9 @@ pub async fn serve<B: KvBackend>(
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     Server::builder()
         .tls_config(tls)?
-        .add_service(KvService::new(backend, identity).into_server())
-        .add_service(WatchService::new(hub, identity).into_server())
+        .add_service(WatchService::new(node.watch_hub().clone(), identity).into_server())
+        .add_service(LeaseService::new(node.clone(), identity).into_server())
+        .add_service(KvService::new(node, identity).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -39,7 +39,7 @@ struct Entry {
 }
 
 /// What [`LeaseTable::time_to_live`] reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseStatus {
     /// The lease id.
     pub id: i64,

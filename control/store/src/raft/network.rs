@@ -23,6 +23,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{Command, CommandResponse, Member, TypeConfig};
+use crate::lease::{LeaseStatus, LeaseTable};
 use crate::StoreError;
 
 /// Largest RPC frame accepted (a batch of entries or a snapshot chunk).
@@ -41,6 +42,10 @@ pub enum PeerRequest {
     Propose(Command),
     /// A follower asks the leader for a read index (etcd's ReadIndex).
     ReadIndex,
+    /// A follower forwards a lease keep-alive (only the leader tracks deadlines).
+    LeaseKeepAlive(i64),
+    /// A follower asks the leader how long a lease has left.
+    LeaseTimeToLive(i64),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -56,6 +61,10 @@ pub enum PeerResponse {
     Propose(Result<CommandResponse, String>),
     /// To ReadIndex: the log index a linearizable read must wait for, or why not.
     ReadIndex(Result<Option<u64>, String>),
+    /// To LeaseKeepAlive: the lease's TTL, or why not.
+    LeaseKeepAlive(Result<i64, String>),
+    /// To LeaseTimeToLive.
+    LeaseTimeToLive(Result<LeaseStatus, String>),
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
@@ -102,10 +111,12 @@ impl PeerEndpoint {
             .map_err(|e| StoreError::Transport(e.to_string()))
     }
 
-    /// Serves RPCs for `raft` until the endpoint closes.
-    pub async fn serve(self, raft: Raft<TypeConfig>) {
+    /// Serves RPCs for `raft` (and lease requests on `leases`, the leader's deadlines) until
+    /// the endpoint closes.
+    pub async fn serve(self, raft: Raft<TypeConfig>, leases: SharedLeases) {
         while let Some(incoming) = self.endpoint.accept().await {
             let raft = raft.clone();
+            let leases = leases.clone();
             tokio::spawn(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -117,9 +128,10 @@ impl PeerEndpoint {
                 };
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     let raft = raft.clone();
+                    let leases = leases.clone();
                     let conn = conn.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(raft, send, recv).await {
+                        if let Err(e) = answer(raft, leases, send, recv).await {
                             tracing::warn!(peer = %conn.remote_address(), error = %e, "bad peer message; closing its connection");
                             conn.close(1u32.into(), b"bad message");
                         }
@@ -135,8 +147,12 @@ impl PeerEndpoint {
     }
 }
 
+/// The lease table shared by the state machine, the lease service and the peer transport.
+pub type SharedLeases = Arc<std::sync::Mutex<LeaseTable>>;
+
 async fn answer(
     raft: Raft<TypeConfig>,
+    leases: SharedLeases,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), String> {
@@ -162,11 +178,27 @@ async fn answer(
                 .map(|id| id.map(|l| l.index))
                 .map_err(|e| e.to_string()),
         ),
+        PeerRequest::LeaseKeepAlive(id) => PeerResponse::LeaseKeepAlive(
+            lock(&leases)
+                .keep_alive(id, std::time::Instant::now())
+                .map_err(|e| e.to_string()),
+        ),
+        PeerRequest::LeaseTimeToLive(id) => PeerResponse::LeaseTimeToLive(
+            lock(&leases)
+                .time_to_live(id, std::time::Instant::now())
+                .map_err(|e| e.to_string()),
+        ),
     };
     send.write_all(&encode(&resp)?)
         .await
         .map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())
+}
+
+/// Locks the lease table, surviving a poisoned lock (the table stays consistent: every
+/// mutation is a single map operation).
+pub fn lock(leases: &SharedLeases) -> std::sync::MutexGuard<'_, LeaseTable> {
+    leases.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Dials peers for openraft.

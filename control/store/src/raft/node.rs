@@ -16,10 +16,11 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::Raft;
 
 use super::log::RaftLog;
-use super::network::{PeerEndpoint, PeerNetwork, PeerRequest, PeerResponse};
+use super::network::{lock, PeerEndpoint, PeerNetwork, PeerRequest, PeerResponse, SharedLeases};
 use super::state_machine::StateMachine;
 use super::{Command, CommandResponse, Member, TypeConfig};
 use crate::etcd::KvBackend;
+use crate::lease::LeaseStatus;
 use crate::types::{Header, Op, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::watch::WatchHub;
 use crate::{Mvcc, MvccOptions, StoreError};
@@ -37,6 +38,7 @@ pub struct StoreNode {
     raft: Raft<TypeConfig>,
     mvcc: Arc<Mvcc>,
     hub: WatchHub,
+    leases: SharedLeases,
     network: PeerNetwork,
     endpoint: PeerEndpoint,
 }
@@ -64,6 +66,7 @@ impl StoreNode {
         )?);
         let hub = WatchHub::new(mvcc.clone())?;
         let sm = StateMachine::open(mvcc.clone(), hub.clone())?;
+        let leases = sm.leases();
         let config = Arc::new(
             config
                 .validate()
@@ -73,15 +76,18 @@ impl StoreNode {
         let raft = Raft::new(id, config, network.clone(), log, sm)
             .await
             .map_err(|e| StoreError::Transport(format!("starting Raft: {e}")))?;
-        tokio::spawn(endpoint.clone().serve(raft.clone()));
-        Ok(StoreNode {
+        tokio::spawn(endpoint.clone().serve(raft.clone(), leases.clone()));
+        let node = StoreNode {
             id,
             raft,
             mvcc,
             hub,
+            leases,
             network,
             endpoint,
-        })
+        };
+        tokio::spawn(node.clone().expire_leases());
+        Ok(node)
     }
 
     /// Forms the cluster from `members` (the same map on every member; repeated calls and
@@ -192,6 +198,135 @@ impl StoreNode {
             self.wait_for_leader().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// How often the leader looks for expired leases.
+const LEASE_TICK: Duration = Duration::from_millis(250);
+
+impl StoreNode {
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// The leader's lease clock: on becoming leader, give every lease a fresh TTL plus an
+    /// election timeout; while leader, revoke expired leases through Raft; on losing
+    /// leadership, stop tracking deadlines. Ends when Raft stops.
+    async fn expire_leases(self) {
+        let extend = Duration::from_millis(super::default_config().election_timeout_max);
+        let mut was_leader = false;
+        loop {
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            let leader = self.is_leader();
+            let now = std::time::Instant::now();
+            if leader && !was_leader {
+                lock(&self.leases).promote(now, extend);
+            } else if !leader && was_leader {
+                lock(&self.leases).demote();
+            }
+            was_leader = leader;
+            if leader {
+                let expired = lock(&self.leases).expired(now);
+                for id in expired {
+                    tracing::info!(lease = id, "lease expired; revoking");
+                    if let Err(e) = self.propose(Command::LeaseRevoke(id)).await {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed");
+                    }
+                }
+            }
+            tokio::time::sleep(LEASE_TICK).await;
+        }
+    }
+
+    /// Grants a lease (`id` 0: this member picks one).
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(Header, i64, i64), StoreError> {
+        let id = if id != 0 {
+            id
+        } else {
+            // Unique enough across members: the clock in nanoseconds with this member's id in
+            // the low bits; a collision is refused by the state machine and the client retries.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as i64;
+            lock(&self.leases).free_id(((nanos << 4) | (self.id as i64 & 0xf)) & i64::MAX)
+        };
+        match self.propose(Command::LeaseGrant { id, ttl }).await? {
+            CommandResponse::LeaseGranted { header, id, ttl } => Ok((header, id, ttl)),
+            CommandResponse::Failed(m) => Err(refused(m)),
+            other => Err(StoreError::Corrupt(format!(
+                "grant answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// Revokes a lease and deletes its keys.
+    pub async fn lease_revoke(&self, id: i64) -> Result<Header, StoreError> {
+        match self.propose(Command::LeaseRevoke(id)).await? {
+            CommandResponse::LeaseRevoked(h) => Ok(h),
+            CommandResponse::Failed(m) => Err(refused(m)),
+            other => Err(StoreError::Corrupt(format!(
+                "revoke answered with {other:?}"
+            ))),
+        }
+    }
+
+    async fn ask_leader(&self, req: PeerRequest) -> Result<PeerResponse, StoreError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        let node = leader.and_then(|l| {
+            self.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .nodes()
+                .find(|(id, _)| **id == l)
+                .map(|(_, m)| m.clone())
+        });
+        let (Some(leader), Some(node)) = (leader, node) else {
+            return Err(StoreError::Unavailable("no leader known".into()));
+        };
+        use openraft::network::RaftNetworkFactory;
+        let mut client = self.network.clone().new_client(leader, &node).await;
+        client
+            .request(req, FORWARD_TIMEOUT)
+            .await
+            .map_err(StoreError::Unavailable)
+    }
+
+    /// Renews a lease on the leader; returns its TTL.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        if self.is_leader() {
+            let renewed = lock(&self.leases).keep_alive(id, std::time::Instant::now());
+            return renewed.map_err(|e| refused(e.to_string()));
+        }
+        match self.ask_leader(PeerRequest::LeaseKeepAlive(id)).await? {
+            PeerResponse::LeaseKeepAlive(r) => r.map_err(refused),
+            _ => Err(StoreError::Unavailable(
+                "the leader answered a different request".into(),
+            )),
+        }
+    }
+
+    /// A lease's TTL, time left (from the leader's clock) and keys.
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<LeaseStatus, StoreError> {
+        if self.is_leader() {
+            let status = lock(&self.leases).time_to_live(id, std::time::Instant::now());
+            return status.map_err(|e| refused(e.to_string()));
+        }
+        match self.ask_leader(PeerRequest::LeaseTimeToLive(id)).await? {
+            PeerResponse::LeaseTimeToLive(r) => r.map_err(refused),
+            _ => Err(StoreError::Unavailable(
+                "the leader answered a different request".into(),
+            )),
+        }
+    }
+
+    /// Every lease id, as of a linearizable read.
+    pub async fn lease_ids(&self) -> Result<Vec<i64>, StoreError> {
+        self.read_barrier().await?;
+        Ok(lock(&self.leases).ids())
     }
 }
 

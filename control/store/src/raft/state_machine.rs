@@ -137,11 +137,11 @@ impl StateMachine {
         let applied = Self::applied_op(log_id);
         match cmd {
             Command::Txn(req) => {
-                if let Some(missing) = unknown_lease(&req, &self.lock_leases()) {
+                if unknown_lease(&req, &self.lock_leases()).is_some() {
                     self.mvcc.write_meta(&[applied])?;
-                    return Ok(CommandResponse::Failed(format!(
-                        "etcdserver: requested lease not found ({missing})"
-                    )));
+                    return Ok(CommandResponse::Failed(
+                        "etcdserver: requested lease not found".into(),
+                    ));
                 }
                 self.run_txn(&req, vec![applied], CommandResponse::Txn)
             }
