@@ -230,6 +230,24 @@ fn etcdctl_writes_on_one_master_and_reads_on_another() {
     let out = etcdctl(&cluster, 1, &["get", "--prefix", "/demo/", "--keys-only"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/demo/b");
 
+    // Membership and status, as etcd tools read them.
+    let out = etcdctl(&cluster, 1, &["member", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(list.lines().count(), 3, "{}", show(&out));
+    for name in ["m1", "m2", "m3"] {
+        assert!(
+            list.contains(&format!(", started, {name}, quic://127.0.0.1:")),
+            "{list}"
+        );
+    }
+    let out = etcdctl(&cluster, 2, &["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status[0]["Status"]["header"]["member_id"], 3, "{status}");
+    assert!(status[0]["Status"]["leader"].as_u64().unwrap() >= 1);
+    assert!(etcdctl(&cluster, 0, &["endpoint", "health"])
+        .status
+        .success());
+
     // Restarting every member keeps the data.
     let d = cluster.dir_str();
     let down = flotilla(&["down", "--dir", &d]);

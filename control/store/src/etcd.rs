@@ -14,8 +14,10 @@ use crate::keys::KeyRange;
 use crate::types::*;
 use crate::{Mvcc, StoreError};
 
+mod cluster_service;
 mod lease_service;
 mod watch_service;
+pub use cluster_service::ClusterService;
 pub use lease_service::LeaseService;
 pub use watch_service::WatchService;
 
@@ -505,11 +507,20 @@ pub async fn serve(
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
         .client_ca_root(Certificate::from_pem(ca_pem));
+    let client_url = format!(
+        "https://{}",
+        listener
+            .local_addr()
+            .map_or_else(|_| "unknown".to_string(), |a| a.to_string())
+    );
+    let cluster = ClusterService::new(node.clone(), identity, client_url);
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     Server::builder()
         .tls_config(tls)?
         .add_service(WatchService::new(node.watch_hub().clone(), identity).into_server())
         .add_service(LeaseService::new(node.clone(), identity).into_server())
+        .add_service(pb::cluster_server::ClusterServer::new(cluster.clone()))
+        .add_service(pb::maintenance_server::MaintenanceServer::new(cluster))
         .add_service(KvService::new(node, identity).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

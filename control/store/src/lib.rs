@@ -6,7 +6,8 @@
 //! - [`mvcc`]: the multi-version store on RocksDB (one atomic, fsynced batch per transaction);
 //! - [`lease`]: the lease table (grants, attached keys; deadlines on the leader only);
 //! - [`watch`]: the watch hub (history replay, then live; slow watchers never block writers);
-//! - [`etcd`]: the etcd v3 gRPC edge (KV over any [`etcd::KvBackend`], Watch, Lease);
+//! - [`etcd`]: the etcd v3 gRPC edge (KV over any [`etcd::KvBackend`], Watch, Lease,
+//!   Cluster.MemberList, Maintenance.Status);
 //! - [`raft`]: the openraft type configuration, the replicated [`raft::Command`]s, the durable
 //!   Raft log on its own RocksDB (synced before openraft hears of a flush), and the state
 //!   machine on the MVCC store and lease table (applied log id in the same batch as each
@@ -14,7 +15,7 @@
 //!   the peer transport (Raft RPCs over QUIC with mutual TLS, one stream per RPC), and the
 //!   member `flotilla server` runs (`raft::node::StoreNode`: proposals and linearizable reads
 //!   from any member);
-//! - (next) membership changes, and the Maintenance and Cluster services.
+//! - (next) membership changes and Maintenance.Snapshot.
 //!
 //! Only this crate touches RocksDB (DESIGN.md, invariant 1).
 

@@ -130,6 +130,11 @@ impl Mvcc {
         })
     }
 
+    /// The directory holding the store.
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
     fn cf(&self, name: &str) -> &ColumnFamily {
         // The families are created at open; their absence is a programming error.
         self.db
