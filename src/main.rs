@@ -94,7 +94,8 @@ fn not_yet(what: &str, issue: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, "info");
+    // openraft logs every vote and append at info; its warnings are what operators need.
+    logging::init(cli.log_format, "info,openraft=warn");
     flotilla_pki::install_crypto_provider();
     let result = match cli.command {
         Command::Server(args) => server::run(args),

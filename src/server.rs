@@ -236,7 +236,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             }
             tokio::select! {
                 _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
         }
     });
