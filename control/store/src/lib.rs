@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod codec;
 pub mod etcd;
 pub mod keys;
 pub mod lease;

@@ -27,6 +27,7 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{decode, encode};
 use crate::keys::{escape, unescape, KeyRange};
 use crate::revision::{Revision, REVISION_LEN};
 use crate::types::*;
@@ -100,17 +101,6 @@ impl std::fmt::Debug for Mvcc {
             .field("path", &self.db.path())
             .finish()
     }
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Encoding our own plain structs into a Vec cannot fail.
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt(format!("undecodable {what}: {e}")))
 }
 
 impl Mvcc {
@@ -289,8 +279,7 @@ impl Mvcc {
             }
             it.status()?;
         }
-        bincode::serde::encode_to_vec(&rows, bincode::config::standard())
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode a snapshot: {e}")))
+        encode(&rows)
     }
 
     /// Replaces the whole state with an [`Mvcc::export`]ed one, atomically.
@@ -748,7 +737,7 @@ impl WriteCtx<'_> {
             value,
             lease,
         };
-        self.record(rev, EventKind::Put, kv.clone(), prev.clone());
+        self.record(rev, EventKind::Put, kv.clone(), prev.clone())?;
         Ok(PutResponse {
             prev_kv: if req.prev_kv { prev } else { None },
         })
@@ -770,7 +759,7 @@ impl WriteCtx<'_> {
                 mod_revision: rev.main,
                 ..Default::default()
             };
-            self.record(rev, EventKind::Delete, tomb, Some(prev.clone()));
+            self.record(rev, EventKind::Delete, tomb, Some(prev.clone()))?;
         }
         Ok(DeleteResponse {
             deleted: victims.len() as u64,
@@ -779,13 +768,19 @@ impl WriteCtx<'_> {
     }
 
     /// Adds one change to the batch, the overlay and the events.
-    fn record(&mut self, rev: Revision, kind: EventKind, kv: KeyValue, prev: Option<KeyValue>) {
+    fn record(
+        &mut self,
+        rev: Revision,
+        kind: EventKind,
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    ) -> Result<(), StoreError> {
         let store = self.view.store;
         let mut index_key = escape(&kv.key);
         index_key.extend_from_slice(&rev.to_bytes());
         match kind {
             EventKind::Put => {
-                self.batch.put_cf(store.cf(CF_KV), &kv.key, encode(&kv));
+                self.batch.put_cf(store.cf(CF_KV), &kv.key, encode(&kv)?);
                 self.batch.put_cf(store.cf(CF_INDEX), index_key, [LIVE]);
                 self.overlay.insert(kv.key.clone(), Some(kv.clone()));
             }
@@ -798,12 +793,13 @@ impl WriteCtx<'_> {
         }
         let rec = Record { kind, kv };
         self.batch
-            .put_cf(store.cf(CF_HISTORY), rev.to_bytes(), encode(&rec));
+            .put_cf(store.cf(CF_HISTORY), rev.to_bytes(), encode(&rec)?);
         self.events.push(Event {
             kind,
             kv: rec.kv,
             prev_kv: prev,
         });
+        Ok(())
     }
 }
 

@@ -26,6 +26,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
+use crate::codec::{decode, encode};
 use crate::StoreError;
 
 const CF_LOG: &str = "log";
@@ -49,17 +50,6 @@ impl Debug for RaftLog {
             .field("path", &self.db.path())
             .finish()
     }
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode log data: {e}")))
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt(format!("undecodable {what}: {e}")))
 }
 
 fn synced() -> WriteOptions {

@@ -23,6 +23,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{Command, CommandResponse, Member, TypeConfig};
+use crate::codec::{decode, encode};
 use crate::lease::{LeaseStatus, LeaseTable};
 use crate::StoreError;
 
@@ -65,16 +66,6 @@ pub enum PeerResponse {
     LeaseKeepAlive(Result<i64, String>),
     /// To LeaseTimeToLive.
     LeaseTimeToLive(Result<LeaseStatus, String>),
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
 }
 
 /// A QUIC endpoint that serves this member's Raft RPCs and dials its peers.
@@ -160,7 +151,7 @@ async fn answer(
         .read_to_end(MAX_FRAME_BYTES)
         .await
         .map_err(|e| e.to_string())?;
-    let resp = match decode::<PeerRequest>(&frame)? {
+    let resp = match decode::<PeerRequest>(&frame, "peer request").map_err(|e| e.to_string())? {
         PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
         PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
         PeerRequest::InstallSnapshot(r) => {
@@ -189,7 +180,7 @@ async fn answer(
                 .map_err(|e| e.to_string()),
         ),
     };
-    send.write_all(&encode(&resp)?)
+    send.write_all(&encode(&resp).map_err(|e| e.to_string())?)
         .await
         .map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())
@@ -275,7 +266,7 @@ impl PeerClient {
     }
 
     async fn call(&mut self, req: PeerRequest, ttl: Duration) -> Result<PeerResponse, CallError> {
-        let bytes = encode(&req).map_err(CallError::Network)?;
+        let bytes = encode(&req).map_err(|e| CallError::Network(e.to_string()))?;
         let attempt = async {
             let conn = self.connection().await?;
             let (mut send, mut recv) = conn
@@ -291,7 +282,8 @@ impl PeerClient {
                 .read_to_end(MAX_FRAME_BYTES)
                 .await
                 .map_err(|e| CallError::Network(e.to_string()))?;
-            decode::<PeerResponse>(&frame).map_err(CallError::Network)
+            decode::<PeerResponse>(&frame, "peer response")
+                .map_err(|e| CallError::Network(e.to_string()))
         };
         let result = tokio::time::timeout(ttl, attempt)
             .await

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::LogEntry;
 use super::{Command, CommandResponse, Member, TypeConfig};
+use crate::codec::{decode, encode};
 use crate::lease::LeaseTable;
 use crate::types::{DeleteRequest, EventKind, Header, Op, TxnRequest};
 use crate::watch::WatchHub;
@@ -33,16 +34,6 @@ const META_MEMBERSHIP: &[u8] = b"raft/membership";
 const LEASE_PREFIX: &[u8] = b"lease/";
 
 type Membership = StoredMembership<u64, Member>;
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt(format!("undecodable {what}: {e}")))
-}
 
 fn sm_err(e: StoreError) -> StorageError<u64> {
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
@@ -123,8 +114,8 @@ impl StateMachine {
         Ok((applied, membership))
     }
 
-    fn applied_op(log_id: &LogId<u64>) -> MetaOp {
-        MetaOp::Put(META_APPLIED.to_vec(), encode(&Some(*log_id)))
+    fn applied_op(log_id: &LogId<u64>) -> Result<MetaOp, StoreError> {
+        Ok(MetaOp::Put(META_APPLIED.to_vec(), encode(&Some(*log_id))?))
     }
 
     /// Applies one command. Deterministic failures become `CommandResponse::Failed` (every
@@ -134,7 +125,7 @@ impl StateMachine {
         log_id: &LogId<u64>,
         cmd: Command,
     ) -> Result<CommandResponse, StoreError> {
-        let applied = Self::applied_op(log_id);
+        let applied = Self::applied_op(log_id)?;
         match cmd {
             Command::Txn(req) => {
                 if unknown_lease(&req, &self.lock_leases()).is_some() {
@@ -161,7 +152,7 @@ impl StateMachine {
                 match granted {
                     Ok(ttl) => {
                         self.mvcc
-                            .write_meta(&[MetaOp::Put(lease_key(id), encode(&ttl)), applied])?;
+                            .write_meta(&[MetaOp::Put(lease_key(id), encode(&ttl)?), applied])?;
                         let (current, _) = self.mvcc.revisions()?;
                         Ok(CommandResponse::LeaseGranted {
                             header: Header { revision: current },
@@ -252,7 +243,7 @@ impl StateMachine {
             Some(l) => format!("{}-{}", l.leader_id.term, l.index),
             None => "empty".to_string(),
         };
-        let body = encode(&SnapshotBody { state });
+        let body = encode(&SnapshotBody { state })?;
         Ok(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: last_applied,
@@ -321,7 +312,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let resp = match entry.payload {
                 EntryPayload::Blank => {
                     self.mvcc
-                        .write_meta(&[Self::applied_op(&log_id)])
+                        .write_meta(&[Self::applied_op(&log_id).map_err(sm_err)?])
                         .map_err(sm_err)?;
                     CommandResponse::Applied
                 }
@@ -329,8 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let stored = Membership::new(Some(log_id), m);
                     self.mvcc
                         .write_meta(&[
-                            MetaOp::Put(META_MEMBERSHIP.to_vec(), encode(&stored)),
-                            Self::applied_op(&log_id),
+                            MetaOp::Put(META_MEMBERSHIP.to_vec(), encode(&stored).map_err(sm_err)?),
+                            Self::applied_op(&log_id).map_err(sm_err)?,
                         ])
                         .map_err(sm_err)?;
                     CommandResponse::Applied
@@ -362,8 +353,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.mvcc.import(&body.state)?;
             // The snapshot's own metadata is authoritative for what it covers.
             self.mvcc.write_meta(&[
-                MetaOp::Put(META_APPLIED.to_vec(), encode(&meta.last_log_id)),
-                MetaOp::Put(META_MEMBERSHIP.to_vec(), encode(&meta.last_membership)),
+                MetaOp::Put(META_APPLIED.to_vec(), encode(&meta.last_log_id)?),
+                MetaOp::Put(META_MEMBERSHIP.to_vec(), encode(&meta.last_membership)?),
             ])?;
             self.reload_leases()
         };
