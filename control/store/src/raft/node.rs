@@ -144,53 +144,56 @@ impl StoreNode {
 
     /// Proposes `cmd` and returns its result once applied.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, StoreError> {
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let why = match self.raft.client_write(cmd.clone()).await {
-                Ok(r) => return Ok(r.data),
+        self.until_served(|| async {
+            match self.raft.client_write(cmd.clone()).await {
+                Ok(r) => Ok(r.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match self.forward(&f, PeerRequest::Propose(cmd.clone())).await {
-                        Ok(PeerResponse::Propose(Ok(r))) => return Ok(r),
-                        Ok(PeerResponse::Propose(Err(e))) => e,
-                        Ok(_) => "the leader answered a different request".into(),
-                        Err(e) => e,
+                    match self.forward(&f, PeerRequest::Propose(cmd.clone())).await? {
+                        PeerResponse::Propose(r) => r,
+                        _ => Err("the leader answered a different request".into()),
                     }
                 }
-                Err(e) => e.to_string(),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Unavailable(why));
+                Err(e) => Err(e.to_string()),
             }
-            self.wait_for_leader().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until this member's state reflects every write committed before the call.
     pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        self.until_served(|| async {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    let index = match self.forward(&f, PeerRequest::ReadIndex).await? {
+                        PeerResponse::ReadIndex(r) => r?,
+                        _ => return Err("the leader answered a different request".into()),
+                    };
+                    self.raft
+                        .wait(Some(REQUEST_TIMEOUT))
+                        .applied_index_at_least(index, "read index applied")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it succeeds or [`REQUEST_TIMEOUT`] passes, waiting for a leader
+    /// between attempts (elections and leader changes make single attempts fail).
+    async fn until_served<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let why = match self.raft.ensure_linearizable().await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    match self.forward(&f, PeerRequest::ReadIndex).await {
-                        Ok(PeerResponse::ReadIndex(Ok(index))) => {
-                            let waited = self
-                                .raft
-                                .wait(Some(REQUEST_TIMEOUT))
-                                .applied_index_at_least(index, "read index applied")
-                                .await;
-                            match waited {
-                                Ok(_) => return Ok(()),
-                                Err(e) => e.to_string(),
-                            }
-                        }
-                        Ok(PeerResponse::ReadIndex(Err(e))) => e,
-                        Ok(_) => "the leader answered a different request".into(),
-                        Err(e) => e,
-                    }
-                }
-                Err(e) => e.to_string(),
+            let why = match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(why) => why,
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(StoreError::Unavailable(why));
