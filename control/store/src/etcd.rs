@@ -120,6 +120,14 @@ fn refused_status(m: &str) -> Status {
     }
 }
 
+/// Refuses a request larger than [`MAX_REQUEST_BYTES`] as etcd does, before anything is written.
+fn check_size(m: &impl prost::Message) -> Result<(), Status> {
+    if m.encoded_len() > MAX_REQUEST_BYTES {
+        return Err(Status::invalid_argument("etcdserver: request is too large"));
+    }
+    Ok(())
+}
+
 fn nonneg(v: i64, what: &str) -> Result<u64, Status> {
     u64::try_from(v)
         .map_err(|_| Status::invalid_argument(format!("etcdserver: {what} must not be negative")))
@@ -351,9 +359,10 @@ impl<B: KvBackend> KvService<B> {
         KvService { backend, identity }
     }
 
-    /// The tonic server, with etcd's request size limit.
+    /// The tonic server. Requests up to twice the limit are decoded so that the handlers can
+    /// answer etcd's own "request is too large"; larger ones are cut off by the decoder.
     pub fn into_server(self) -> pb::kv_server::KvServer<Self> {
-        pb::kv_server::KvServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+        pb::kv_server::KvServer::new(self).max_decoding_message_size(2 * MAX_REQUEST_BYTES)
     }
 
     fn header(&self, h: Header) -> Option<pb::ResponseHeader> {
@@ -447,6 +456,7 @@ impl<B: KvBackend> pb::kv_server::Kv for KvService<B> {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        check_size(request.get_ref())?;
         let req = put_request(request.get_ref())?;
         match self.single(Op::Put(req)).await? {
             (h, OpResponse::Put(p)) => Ok(Response::new(pb::PutResponse {
@@ -476,6 +486,7 @@ impl<B: KvBackend> pb::kv_server::Kv for KvService<B> {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        check_size(request.get_ref())?;
         let req = txn_request(request.get_ref())?;
         let (h, t) = self.backend.txn(req).await.map_err(|e| status_of(&e))?;
         Ok(Response::new(self.txn_pb(h, t)))
