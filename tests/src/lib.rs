@@ -102,6 +102,21 @@ impl LocalCluster {
         self.dir.path().display().to_string()
     }
 
+    /// The `https://IP:PORT` of member `member`'s etcd API.
+    pub fn etcd_endpoint(&self, member: usize) -> String {
+        self.cluster_json()["processes"][member]["endpoints"]["etcd"]
+            .as_str()
+            .expect("the member publishes its etcd endpoint")
+            .to_string()
+    }
+
+    /// Paths of the cluster CA and the admin client certificate and key, in that order.
+    pub fn admin_pki(&self) -> [PathBuf; 3] {
+        let info = self.cluster_json();
+        ["ca", "admin_cert", "admin_key"]
+            .map(|k| PathBuf::from(info["pki"][k].as_str().expect("cluster.json names the PKI")))
+    }
+
     /// `DIR/cluster.json`, parsed.
     pub fn cluster_json(&self) -> serde_json::Value {
         let bytes = std::fs::read(self.dir().join("cluster.json")).expect("reading cluster.json");

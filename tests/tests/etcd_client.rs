@@ -10,19 +10,17 @@ use etcd_client::{
 use flotilla_e2e::LocalCluster;
 
 async fn connect(cluster: &LocalCluster, member: usize) -> Client {
-    let info = cluster.cluster_json();
-    let endpoint = info["processes"][member]["endpoints"]["etcd"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let read = |k: &str| std::fs::read(info["pki"][k].as_str().unwrap()).unwrap();
+    let [ca, cert, key] = cluster.admin_pki().map(|p| std::fs::read(p).unwrap());
     let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(read("ca")))
-        .identity(Identity::from_pem(read("admin_cert"), read("admin_key")))
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
         .domain_name("127.0.0.1");
-    Client::connect([endpoint], Some(ConnectOptions::new().with_tls(tls)))
-        .await
-        .expect("etcd-client connects over TLS")
+    Client::connect(
+        [cluster.etcd_endpoint(member)],
+        Some(ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .expect("etcd-client connects over TLS")
 }
 
 /// The next watch response carrying events (skipping the creation acknowledgement).

@@ -124,19 +124,17 @@ fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
 
 /// `etcdctl` (etcd 3.4's, from Debian) aimed at one member with the admin certificate.
 fn etcdctl_command(cluster: &LocalCluster, member: usize) -> std::process::Command {
-    let info = cluster.cluster_json();
-    let endpoint = info["processes"][member]["endpoints"]["etcd"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("https://")
-        .to_string();
-    let pki = &info["pki"];
+    let endpoint = cluster.etcd_endpoint(member);
+    let [ca, cert, key] = cluster.admin_pki();
     let mut cmd = std::process::Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg(format!("--cacert={}", pki["ca"].as_str().unwrap()))
-        .arg(format!("--cert={}", pki["admin_cert"].as_str().unwrap()))
-        .arg(format!("--key={}", pki["admin_key"].as_str().unwrap()));
+        .arg(format!(
+            "--endpoints={}",
+            endpoint.trim_start_matches("https://")
+        ))
+        .arg(format!("--cacert={}", ca.display()))
+        .arg(format!("--cert={}", cert.display()))
+        .arg(format!("--key={}", key.display()));
     cmd
 }
 

@@ -9,16 +9,12 @@ use pb::kv_client::KvClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 async fn client(cluster: &LocalCluster, member: usize) -> Channel {
-    let info = cluster.cluster_json();
-    let endpoint = info["processes"][member]["endpoints"]["etcd"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let read = |k: &str| std::fs::read(info["pki"][k].as_str().unwrap()).unwrap();
+    let [ca, cert, key] = cluster.admin_pki().map(|p| std::fs::read(p).unwrap());
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca")))
-        .identity(Identity::from_pem(read("admin_cert"), read("admin_key")))
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
         .domain_name("127.0.0.1");
+    let endpoint = cluster.etcd_endpoint(member);
     Channel::from_shared(endpoint)
         .unwrap()
         .tls_config(tls)

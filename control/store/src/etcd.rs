@@ -346,6 +346,19 @@ pub struct MemberIdentity {
     pub member_id: u64,
 }
 
+impl MemberIdentity {
+    /// The header of a response this member sends at store `revision` (Raft `term` where the
+    /// answer knows it, else 0).
+    pub fn header(&self, revision: u64, term: u64) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision: revision as i64,
+            raft_term: term,
+        })
+    }
+}
+
 /// The etcd `KV` service over a [`KvBackend`].
 #[derive(Debug)]
 pub struct KvService<B> {
@@ -366,12 +379,7 @@ impl<B: KvBackend> KvService<B> {
     }
 
     fn header(&self, h: Header) -> Option<pb::ResponseHeader> {
-        Some(pb::ResponseHeader {
-            cluster_id: self.identity.cluster_id,
-            member_id: self.identity.member_id,
-            revision: h.revision as i64,
-            raft_term: 0,
-        })
+        self.identity.header(h.revision, 0)
     }
 
     fn range_pb(

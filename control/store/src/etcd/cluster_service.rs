@@ -28,14 +28,9 @@ impl ClusterService {
     }
 
     fn header(&self) -> Option<pb::ResponseHeader> {
-        let m = self.node.raft().metrics().borrow().clone();
+        let term = self.node.raft().metrics().borrow().current_term;
         let revision = self.node.mvcc().revisions().map_or(0, |(r, _)| r);
-        Some(pb::ResponseHeader {
-            cluster_id: self.identity.cluster_id,
-            member_id: self.identity.member_id,
-            revision: revision as i64,
-            raft_term: m.current_term,
-        })
+        self.identity.header(revision, term)
     }
 }
 

@@ -31,12 +31,7 @@ impl LeaseService {
 
     fn header(&self) -> Option<pb::ResponseHeader> {
         let revision = self.node.mvcc().revisions().map_or(0, |(r, _)| r);
-        Some(pb::ResponseHeader {
-            cluster_id: self.identity.cluster_id,
-            member_id: self.identity.member_id,
-            revision: revision as i64,
-            raft_term: 0,
-        })
+        self.identity.header(revision, 0)
     }
 }
 

@@ -62,12 +62,7 @@ struct Session {
 
 impl Session {
     fn header(&self, revision: u64) -> Option<pb::ResponseHeader> {
-        Some(pb::ResponseHeader {
-            cluster_id: self.identity.cluster_id,
-            member_id: self.identity.member_id,
-            revision: revision as i64,
-            raft_term: 0,
-        })
+        self.identity.header(revision, 0)
     }
 
     fn current(&self) -> u64 {
@@ -128,14 +123,7 @@ impl Session {
         let mut rx = self.hub.watch(req, WATCH_BUFFER);
         let out = self.out.clone();
         let identity = self.identity;
-        let header = move |revision: u64| {
-            Some(pb::ResponseHeader {
-                cluster_id: identity.cluster_id,
-                member_id: identity.member_id,
-                revision: revision as i64,
-                raft_term: 0,
-            })
-        };
+        let header = move |revision: u64| identity.header(revision, 0);
         let task = tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 let resp = match msg {

@@ -121,16 +121,27 @@ impl StoreNode {
         self.endpoint.close();
     }
 
+    /// Sends `req` to the leader named by a ForwardToLeader answer.
     async fn forward(
         &self,
         leader: &ForwardToLeader<u64, Member>,
         req: PeerRequest,
     ) -> Result<PeerResponse, String> {
-        let (Some(id), Some(node)) = (leader.leader_id, leader.leader_node.as_ref()) else {
-            return Err("no leader yet".into());
+        self.send_to(leader.leader_id.zip(leader.leader_node.clone()), req)
+            .await
+    }
+
+    /// Sends `req` to `leader` (id and address) over the peer transport.
+    async fn send_to(
+        &self,
+        leader: Option<(u64, Member)>,
+        req: PeerRequest,
+    ) -> Result<PeerResponse, String> {
+        let Some((id, node)) = leader else {
+            return Err("no leader known yet".into());
         };
         use openraft::network::RaftNetworkFactory;
-        let mut client = self.network.clone().new_client(id, node).await;
+        let mut client = self.network.clone().new_client(id, &node).await;
         client.request(req, FORWARD_TIMEOUT).await
     }
 
@@ -276,24 +287,21 @@ impl StoreNode {
         }
     }
 
+    /// Sends `req` to the leader this member currently knows.
     async fn ask_leader(&self, req: PeerRequest) -> Result<PeerResponse, StoreError> {
-        let leader = self.raft.metrics().borrow().current_leader;
-        let node = leader.and_then(|l| {
-            self.raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .nodes()
-                .find(|(id, _)| **id == l)
-                .map(|(_, m)| m.clone())
-        });
-        let (Some(leader), Some(node)) = (leader, node) else {
-            return Err(StoreError::Unavailable("no leader known".into()));
+        let leader = {
+            let m = self.raft.metrics().borrow().clone();
+            m.current_leader.and_then(|l| {
+                let node = m
+                    .membership_config
+                    .nodes()
+                    .find(|(id, _)| **id == l)?
+                    .1
+                    .clone();
+                Some((l, node))
+            })
         };
-        use openraft::network::RaftNetworkFactory;
-        let mut client = self.network.clone().new_client(leader, &node).await;
-        client
-            .request(req, FORWARD_TIMEOUT)
+        self.send_to(leader, req)
             .await
             .map_err(StoreError::Unavailable)
     }
