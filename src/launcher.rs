@@ -43,6 +43,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_demo: bool,
 
+    /// Raft snapshot frequency of the masters, in applied entries (see `flotilla server
+    /// --snapshot-count`).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+
     /// Seconds to wait for every process to become healthy.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -134,21 +139,30 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", args.dir.dir.display()))?;
     let dir = fs::canonicalize(&args.dir.dir)?;
 
+    // Processes of this cluster that still run are kept; the others are (re)started.
+    let mut running: BTreeMap<String, ProcessEntry> = BTreeMap::new();
     if let Ok(existing) = read_cluster(&dir) {
-        let running: Vec<_> = existing
+        let total = existing.processes.len();
+        running = existing
             .processes
-            .iter()
+            .into_iter()
             .filter(|p| is_ours(p.pid, &p.data_dir))
+            .map(|p| (p.name.clone(), p))
             .collect();
-        if !running.is_empty() {
+        if !running.is_empty() && running.len() == total {
             println!(
-                "A cluster is already running in {} ({} of {} processes up); nothing to do.",
+                "A cluster is already running in {} (all {total} processes up); nothing to do.",
                 dir.display(),
-                running.len(),
-                existing.processes.len()
             );
             println!("See it with `flotilla status --dir {}`.", dir.display());
             return Ok(ExitCode::SUCCESS);
+        }
+        if !running.is_empty() {
+            println!(
+                "{} of {total} processes of the cluster in {} are up; starting the others.",
+                running.len(),
+                dir.display()
+            );
         }
     }
 
@@ -183,6 +197,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the flotilla binary")?;
     let mut processes = Vec::new();
     for (name, peer_addr) in &peers {
+        if let Some(p) = running.remove(name) {
+            processes.push(p);
+            continue;
+        }
         if !pki_dir.join(format!("{name}.crt")).exists() {
             ca.issue(&CertRequest::host(
                 name,
@@ -206,6 +224,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .args(["--listen-peer", peer_addr])
                 .args(["--listen-client", "127.0.0.1:0"])
                 .args(["--initial-cluster", &initial_cluster])
+                .args(["--snapshot-count", &args.snapshot_count.to_string()])
                 .arg("--pki-dir")
                 .arg(&pki_dir),
             &log,

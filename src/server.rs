@@ -20,9 +20,12 @@ use flotilla_runtime::metrics::{self, Gauge, HealthCheck, Registry};
 use flotilla_runtime::tasks::termination_signal;
 use flotilla_runtime::Tasks;
 use flotilla_store::etcd::{self, MemberIdentity};
+use flotilla_store::raft::membership::{member_id, MemberChange};
 use flotilla_store::raft::network::PeerEndpoint;
 use flotilla_store::raft::node::StoreNode;
+use flotilla_store::raft::state_machine::StateMachine;
 use flotilla_store::raft::{default_config, Member};
+use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
@@ -56,9 +59,29 @@ pub struct ServerArgs {
 
     /// Every member as NAME=PEER_ADDR, comma-separated, identical on every member
     /// (etcd's --initial-cluster), e.g. m1=10.0.0.1:2380,m2=10.0.0.2:2380,m3=10.0.0.3:2380.
-    /// A member's Raft id is its position in this list.
+    /// PEER_ADDR may be written https://IP:PORT as etcd does. A member's id is derived from
+    /// its peer address (and kept in DIR/member-id from the first start on).
     #[arg(long, value_name = "LIST")]
     pub initial_cluster: String,
+
+    /// `new` forms a cluster of the --initial-cluster members; `existing` joins a running
+    /// cluster that has added this member (`etcdctl member add NAME --peer-urls=https://ADDR
+    /// [--learner]`) and waits to be contacted by its leader (etcd's --initial-cluster-state).
+    #[arg(long, value_name = "STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+
+    /// Take a Raft snapshot (and drop older log entries) every N applied entries (etcd's
+    /// --snapshot-count). A member that falls behind the dropped entries catches up from a
+    /// snapshot.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub snapshot_count: u64,
+
+    /// Seed this member from a backup made with `etcdctl snapshot save` (Maintenance.Snapshot)
+    /// before starting. The data dir must be empty; restore every member of the new cluster
+    /// from the same file.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 
     /// Directory with the cluster CA (ca.crt) and this member's certificate and key
     /// (NAME.crt, NAME.key), valid for its peer and client addresses. `flotilla up` makes them.
@@ -69,18 +92,26 @@ pub struct ServerArgs {
 /// Parses `--initial-cluster` into Raft ids and members.
 pub fn parse_initial_cluster(list: &str) -> anyhow::Result<BTreeMap<u64, Member>> {
     let mut members = BTreeMap::new();
-    for (i, part) in list.split(',').filter(|p| !p.is_empty()).enumerate() {
+    for part in list.split(',').filter(|p| !p.is_empty()) {
         let (name, addr) = part
             .split_once('=')
             .with_context(|| format!("--initial-cluster entry {part:?} is not NAME=PEER_ADDR"))?;
-        let addr: SocketAddr = addr.parse().with_context(|| {
+        let bare = addr
+            .strip_prefix("https://")
+            .or_else(|| addr.strip_prefix("http://"))
+            .unwrap_or(addr);
+        let addr: SocketAddr = bare.parse().with_context(|| {
             format!("--initial-cluster entry {part:?}: {addr:?} is not an IP:PORT address")
         })?;
         if members.values().any(|m: &Member| m.name == name) {
             bail!("--initial-cluster names {name:?} twice");
         }
+        let id = member_id(&addr.to_string());
+        if members.contains_key(&id) {
+            bail!("--initial-cluster lists the address {addr} twice");
+        }
         members.insert(
-            i as u64 + 1,
+            id,
             Member {
                 name: name.to_string(),
                 peer_addr: addr.to_string(),
@@ -129,7 +160,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let members = parse_initial_cluster(&args.initial_cluster)?;
-    let (id, me) = members
+    let (listed_id, me) = members
         .iter()
         .find(|(_, m)| m.name == args.name)
         .map(|(id, m)| (*id, m.clone()))
@@ -160,11 +191,26 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         flotilla_pki::server_config(&ca_pem, &tls, ClientAuth::Required)?,
         flotilla_pki::client_config(&ca_pem, Some(&tls))?,
     )?;
+    let id = member_id_of(&args.data_dir, listed_id)?;
     let store_dir = args.data_dir.join("store");
-    let node = StoreNode::start(id, &store_dir, default_config(), endpoint)
+    if let Some(backup) = &args.restore {
+        let bytes = std::fs::read(backup)
+            .with_context(|| format!("reading the backup {}", backup.display()))?;
+        StateMachine::restore_backup(&store_dir.join("state"), &bytes)
+            .with_context(|| format!("restoring {}", backup.display()))?;
+        tracing::info!(backup = %backup.display(), "restored the store from a backup");
+    }
+    let mut config = default_config();
+    config.snapshot_policy = SnapshotPolicy::LogsSinceLast(args.snapshot_count);
+    config.max_in_snapshot_log_to_keep = args.snapshot_count.min(5_000);
+    let node = StoreNode::start(id, &store_dir, config, endpoint)
         .await
         .with_context(|| format!("starting the store in {}", store_dir.display()))?;
-    node.bootstrap(members).await?;
+    if args.initial_cluster_state == "new" {
+        node.bootstrap(members).await?;
+    } else {
+        tracing::info!(id, "joining an existing cluster; waiting for its leader");
+    }
     let store = node.mvcc().clone();
     let (revision, compacted) = store.revisions()?;
     tracing::info!(id, revision, compacted, dir = %store_dir.display(), "store member started");
@@ -175,6 +221,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let term_gauge = Gauge::<i64>::default();
     let leader_gauge = Gauge::<i64>::default();
     let applied_gauge = Gauge::<i64>::default();
+    let snapshot_gauge = Gauge::<i64>::default();
+    let purged_gauge = Gauge::<i64>::default();
     registry.register(
         "store_revision",
         "The store's current revision",
@@ -195,6 +243,17 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "raft_applied_index",
         "The last log index applied to this member's state machine",
         applied_gauge.clone(),
+    );
+
+    registry.register(
+        "raft_snapshot_index",
+        "The last log index covered by this member's latest snapshot (built or received)",
+        snapshot_gauge.clone(),
+    );
+    registry.register(
+        "raft_purged_index",
+        "The last log index this member has dropped from its log (covered by a snapshot)",
+        purged_gauge.clone(),
     );
 
     let listener = metrics::bind(args.listen_metrics)
@@ -233,6 +292,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 term_gauge.set(m.current_term as i64);
                 leader_gauge.set(i64::from(m.current_leader == Some(m.id)));
                 applied_gauge.set(m.last_applied.map_or(0, |l| l.index) as i64);
+                snapshot_gauge.set(m.snapshot.map_or(0, |l| l.index) as i64);
+                purged_gauge.set(m.purged.map_or(0, |l| l.index) as i64);
             }
             tokio::select! {
                 _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
@@ -262,6 +323,25 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await
     });
 
+    let published_as = Member {
+        name: args.name.clone(),
+        peer_addr: args.listen_peer.to_string(),
+        client_addr: format!("https://{client_addr}"),
+    };
+    tasks.spawn("publish-member", {
+        let node = node.clone();
+        move |shutdown| async move {
+            // Publishing ends once done; the task stays until shutdown (tasks that end are
+            // taken as failures).
+            tokio::select! {
+                _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
+                _ = publish(&node, id, published_as) => {}
+            }
+            shutdown.wait().await;
+            Ok(())
+        }
+    });
+
     let endpoints = MemberEndpoints {
         pid: std::process::id(),
         metrics: format!("http://{addr}/metrics"),
@@ -273,15 +353,71 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     write_atomically(&published, &serde_json::to_vec_pretty(&endpoints)?)?;
     tracing::info!(metrics = %endpoints.metrics, "serving");
 
+    let mut failure = None;
     tokio::select! {
         sig = termination_signal() => tracing::info!(signal = sig, "shutting down"),
         _ = tasks.any_ended() => tracing::error!("an essential task ended; shutting down"),
+        _ = node.removed() => {
+            tracing::warn!(
+                data_dir = %args.data_dir.display(),
+                "this member was removed from the cluster; stopping (its data dir may be deleted)"
+            );
+            failure = Some("this member was removed from the cluster".to_string());
+        }
+        why = node.failed() => {
+            tracing::error!(error = %why, "the Raft core stopped; exiting so that this member can be restarted");
+            failure = Some(format!("the Raft core stopped: {why}"));
+        }
     }
     let _ = std::fs::remove_file(&published);
     tasks.shutdown(Duration::from_secs(10)).await;
     node.shutdown().await;
     tracing::info!("stopped");
+    if let Some(why) = failure {
+        bail!(why);
+    }
     Ok(())
+}
+
+/// This member's Raft id: the one recorded in DIR/member-id by an earlier start, else the id
+/// of its --initial-cluster entry (recorded now, so that it survives address changes).
+fn member_id_of(data_dir: &Path, listed: u64) -> anyhow::Result<u64> {
+    let file = data_dir.join("member-id");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a member id", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(&file, listed.to_string().as_bytes())?;
+            Ok(listed)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+/// Publishes this member's name and client URL in the cluster membership (etcd members
+/// publish their attributes the same way), once it is a member and a leader is known. A
+/// member added with `member add` is known only by its peer URL until then.
+async fn publish(node: &StoreNode, id: u64, me: Member) {
+    loop {
+        let known = node.member(id);
+        let leader = node.raft().metrics().borrow().current_leader;
+        match known {
+            Some(m) if m == me => return,
+            Some(_) if leader.is_some() => {
+                match node
+                    .change_membership(MemberChange::Update(id, me.clone()))
+                    .await
+                {
+                    Ok(()) => tracing::info!(client = %me.client_addr, "published this member"),
+                    Err(e) => tracing::warn!(error = %e, "publishing this member failed; retrying"),
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Writes `path` so that readers see either the old contents or the new, never a torn file.

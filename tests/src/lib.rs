@@ -61,6 +61,11 @@ impl TempDir {
         TempDir(p)
     }
 
+    /// Takes charge of an existing directory: it is removed on drop.
+    pub fn adopt(dir: &Path) -> TempDir {
+        TempDir(dir.to_path_buf())
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
@@ -90,6 +95,14 @@ impl LocalCluster {
         let out = flotilla(&args);
         assert!(out.status.success(), "flotilla up failed: {}", show(&out));
         cluster
+    }
+
+    /// Takes charge of a cluster started in `dir` by the test itself: it is stopped, and `dir`
+    /// removed, on drop.
+    pub fn adopt(dir: &Path) -> LocalCluster {
+        LocalCluster {
+            dir: TempDir::adopt(dir),
+        }
     }
 
     /// The cluster directory.
@@ -155,4 +168,71 @@ pub fn pid_alive(pid: u32) -> bool {
                 .is_some_and(|st| st != "Z")
         })
         .unwrap_or(false)
+}
+
+/// `GET url` over plain HTTP (`/metrics`, `/healthz`): the status code and the whole response.
+pub fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(host).expect("connecting");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reading the response");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status line");
+    (code, out)
+}
+
+/// The value of the unlabelled metric `name` at a `/metrics` URL.
+pub fn metric(url: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(url);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `etcdctl` (v3 API, the cluster's admin certificate) against `endpoint` (`https://IP:PORT`).
+pub fn etcdctl_at(cluster: &LocalCluster, endpoint: &str) -> Command {
+    let [ca, cert, key] = cluster.admin_pki();
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints={}",
+            endpoint.trim_start_matches("https://")
+        ))
+        .arg(format!("--cacert={}", ca.display()))
+        .arg(format!("--cert={}", cert.display()))
+        .arg(format!("--key={}", key.display()));
+    cmd
+}
+
+/// `etcdctl` against master `member` (0-based).
+pub fn etcdctl_command(cluster: &LocalCluster, member: usize) -> Command {
+    etcdctl_at(cluster, &cluster.etcd_endpoint(member))
+}
+
+/// Runs `etcdctl args…` against master `member` (0-based).
+pub fn etcdctl(cluster: &LocalCluster, member: usize, args: &[&str]) -> Output {
+    etcdctl_command(cluster, member)
+        .args(args)
+        .output()
+        .expect("etcdctl is installed by scripts/setup")
+}
+
+/// A child process killed (by its pid) and reaped when dropped.
+#[derive(Debug)]
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

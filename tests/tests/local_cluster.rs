@@ -2,23 +2,9 @@
 
 use std::time::Duration;
 
-use flotilla_e2e::{flotilla, pid_alive, show, wait_for, LocalCluster};
-
-fn http_get(url: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, out)
-}
+use flotilla_e2e::{
+    etcdctl, etcdctl_command, flotilla, http_get, pid_alive, show, wait_for, Child, LocalCluster,
+};
 
 #[test]
 fn up_starts_three_masters_that_status_sees_and_down_stops() {
@@ -123,39 +109,6 @@ fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
 }
 
 /// `etcdctl` (etcd 3.4's, from Debian) aimed at one member with the admin certificate.
-fn etcdctl_command(cluster: &LocalCluster, member: usize) -> std::process::Command {
-    let endpoint = cluster.etcd_endpoint(member);
-    let [ca, cert, key] = cluster.admin_pki();
-    let mut cmd = std::process::Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!(
-            "--endpoints={}",
-            endpoint.trim_start_matches("https://")
-        ))
-        .arg(format!("--cacert={}", ca.display()))
-        .arg(format!("--cert={}", cert.display()))
-        .arg(format!("--key={}", key.display()));
-    cmd
-}
-
-/// Runs `etcdctl args…` against one member.
-fn etcdctl(cluster: &LocalCluster, member: usize, args: &[&str]) -> std::process::Output {
-    etcdctl_command(cluster, member)
-        .args(args)
-        .output()
-        .expect("etcdctl is installed by scripts/setup")
-}
-
-/// A child process killed (by its pid) and reaped when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn etcdctl_watch_replays_history_and_sees_writes_made_on_other_masters() {
     use std::io::{BufRead, BufReader};
@@ -234,14 +187,23 @@ fn etcdctl_writes_on_one_master_and_reads_on_another() {
     assert_eq!(list.lines().count(), 3, "{}", show(&out));
     for name in ["m1", "m2", "m3"] {
         assert!(
-            list.contains(&format!(", started, {name}, quic://127.0.0.1:")),
+            list.contains(&format!(", started, {name}, https://127.0.0.1:")),
             "{list}"
         );
     }
     let out = etcdctl(&cluster, 2, &["endpoint", "status", "-w", "json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    assert_eq!(status[0]["Status"]["header"]["member_id"], 3, "{status}");
-    assert!(status[0]["Status"]["leader"].as_u64().unwrap() >= 1);
+    // Member ids are derived from peer addresses; member list and status agree on them.
+    let id = status[0]["Status"]["header"]["member_id"].as_u64().unwrap();
+    assert!(
+        list.contains(&format!("{id:x}, started, m3, ")),
+        "{id:x} in {list}"
+    );
+    let leader = status[0]["Status"]["leader"].as_u64().unwrap();
+    assert!(
+        list.contains(&format!("{leader:x}, started, ")),
+        "{leader:x} in {list}"
+    );
     assert!(etcdctl(&cluster, 0, &["endpoint", "health"])
         .status
         .success());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla_e2e::{flotilla, pid_alive, show, wait_for, LocalCluster};
+use flotilla_e2e::{flotilla, metric, pid_alive, show, wait_for, LocalCluster};
 use flotilla_proto::etcdserverpb as pb;
 use pb::kv_client::KvClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -28,14 +28,19 @@ async fn client(cluster: &LocalCluster, member: usize) -> Channel {
 /// The member every member agrees is the Raft leader (by etcd's Maintenance.Status).
 async fn agreed_leader(cluster: &LocalCluster) -> Option<usize> {
     let mut seen = Vec::new();
+    let mut ids = Vec::new();
     for member in 0..3 {
         let channel = client(cluster, member).await;
         let mut m = pb::maintenance_client::MaintenanceClient::new(channel);
         let status = m.status(pb::StatusRequest {}).await.ok()?.into_inner();
         seen.push(status.leader);
+        ids.push(status.header?.member_id);
     }
     let first = seen[0];
-    (first != 0 && seen.iter().all(|l| *l == first)).then(|| first as usize - 1)
+    if first == 0 || seen.iter().any(|l| *l != first) {
+        return None;
+    }
+    ids.iter().position(|id| *id == first)
 }
 
 async fn read_all(kv: &mut KvClient<Channel>) -> Vec<String> {
@@ -145,6 +150,245 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
             leader + 1,
             acked.len()
         );
+    });
+}
+
+async fn put(kv: &mut KvClient<Channel>, key: &str) {
+    kv.put(pb::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: vec![b'x'; 128],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("put {key}: {e}"));
+}
+
+/// Waits until every member agrees on a leader; its index.
+async fn wait_for_leader(cluster: &LocalCluster) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(l) = agreed_leader(cluster).await {
+            return l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members never agreed on a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn metrics_url(cluster: &LocalCluster, member: usize) -> String {
+    cluster.cluster_json()["processes"][member]["endpoints"]["metrics"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_wiped_follower_catches_up_from_a_snapshot() {
+    flotilla_e2e_runtime().block_on(async {
+        let cluster = LocalCluster::up(
+            "wiped",
+            &["--nodes", "0", "--no-demo", "--snapshot-count", "50"],
+        );
+        let leader = wait_for_leader(&cluster).await;
+        let follower = (leader + 1) % 3;
+        let mut kv = KvClient::new(client(&cluster, leader).await);
+        for i in 0..300 {
+            put(&mut kv, &format!("/load/{i:04}")).await;
+        }
+        // The leader has dropped the start of its log: a member with no data cannot catch up
+        // from the log alone.
+        let leader_metrics = metrics_url(&cluster, leader);
+        wait_for(
+            "the leader to purge its log",
+            Duration::from_secs(20),
+            || metric(&leader_metrics, "flotilla_raft_purged_index").unwrap_or(0.0) > 100.0,
+        );
+
+        // Kill a follower, wipe its store, start it again with `flotilla up`.
+        let info = cluster.cluster_json();
+        let pid = info["processes"][follower]["pid"].as_u64().unwrap() as u32;
+        let data_dir =
+            std::path::PathBuf::from(info["processes"][follower]["data_dir"].as_str().unwrap());
+        assert!(std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        wait_for("the follower to die", Duration::from_secs(5), || {
+            !pid_alive(pid)
+        });
+        std::fs::remove_dir_all(data_dir.join("store")).unwrap();
+        let d = cluster.dir_str();
+        let up = flotilla(&["up", "--dir", &d, "--nodes", "0", "--no-demo"]);
+        assert!(up.status.success(), "{}", show(&up));
+        assert!(show(&up).contains("starting the others"), "{}", show(&up));
+
+        // It gets everything back, through a snapshot (its snapshot index jumps past the
+        // leader's purged entries).
+        let mut reader = KvClient::new(client(&cluster, follower).await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let local = reader
+                .range(pb::RangeRequest {
+                    key: b"/load/".to_vec(),
+                    range_end: b"/load0".to_vec(),
+                    count_only: true,
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if local.count == 300 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the wiped follower has {} of 300 keys",
+                local.count
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let follower_metrics = metrics_url(&cluster, follower);
+        wait_for(
+            "the follower's snapshot metric",
+            Duration::from_secs(5),
+            || metric(&follower_metrics, "flotilla_raft_snapshot_index").unwrap_or(0.0) > 100.0,
+        );
+        // And it keeps replicating new writes.
+        put(&mut kv, "/load/after").await;
+        let mut found = false;
+        for _ in 0..100 {
+            let r = reader
+                .range(pb::RangeRequest {
+                    key: b"/load/after".to_vec(),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if r.count == 1 {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            found,
+            "a write after the catch-up never reached the follower"
+        );
+    });
+}
+
+/// A small tmpfs mounted for one test, unmounted (lazily, after the cluster is down) on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(name: &str, size: &str) -> Tmpfs {
+        let dir = std::env::temp_dir().join(format!("flotilla-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root: {}",
+            show(&out)
+        );
+        Tmpfs(dir)
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_fails_writes_clearly_and_loses_nothing_once_space_returns() {
+    flotilla_e2e_runtime().block_on(async {
+        let disk = Tmpfs::mount("full", "48m");
+        let dir = disk.0.join("cluster");
+        let d = dir.display().to_string();
+        let up = flotilla(&["up", "--dir", &d, "--nodes", "0", "--no-demo"]);
+        assert!(up.status.success(), "{}", show(&up));
+        let cluster = LocalCluster::adopt(&dir);
+        let leader = wait_for_leader(&cluster).await;
+        let mut kv = KvClient::new(client(&cluster, leader).await);
+        let value = vec![b'v'; 1024 * 1024];
+        let mut acked = Vec::new();
+        let mut refusal = None;
+        for i in 0..100 {
+            let key = format!("/full/{i:03}");
+            let put = kv.put(pb::PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.clone(),
+                ..Default::default()
+            });
+            match put.await {
+                Ok(_) => acked.push(key),
+                Err(e) => {
+                    refusal = Some(e);
+                    break;
+                }
+            }
+        }
+        let refusal = refusal.expect("a 48 MiB disk never filled up");
+        eprintln!("{} writes acknowledged; then: {refusal}", acked.len());
+        assert!(
+            refusal.message().contains("No space left on device"),
+            "unclear error for a full disk: {refusal}"
+        );
+
+        // Space returns; the members start again with every acknowledged write intact.
+        disk.resize("512m");
+        // Members whose disk failed have stopped (or are stopping); `up` restarts them.
+        let pids: Vec<u32> = cluster.cluster_json()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap() as u32)
+            .collect();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while pids.iter().any(|p| pid_alive(*p)) && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let up = flotilla(&["up", "--dir", &d, "--nodes", "0", "--no-demo"]);
+        assert!(up.status.success(), "{}", show(&up));
+        let mut reader = KvClient::new(client(&cluster, (leader + 1) % 3).await);
+        for key in &acked {
+            let resp = reader
+                .range(pb::RangeRequest {
+                    key: key.clone().into_bytes(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(resp.kvs.len(), 1, "acknowledged {key} lost");
+            assert!(resp.kvs[0].value == value, "{key} came back damaged");
+        }
+        put(&mut reader, "/full/after").await;
     });
 }
 

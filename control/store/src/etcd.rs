@@ -102,8 +102,21 @@ pub fn status_of(e: &StoreError) -> Status {
             "etcdserver: storage failure, nothing was written: {e}"
         )),
         StoreError::Corrupt(_) => Status::data_loss(e.to_string()),
-        StoreError::Transport(_) | StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
+        StoreError::Transport(_) | StoreError::Unavailable(_) | StoreError::Stopped(_) => {
+            Status::unavailable(e.to_string())
+        }
         StoreError::Refused(m) => refused_status(m),
+        StoreError::Member(r) => {
+            use crate::raft::membership::MemberRefusal as R;
+            let m = r.to_string();
+            match r {
+                R::NotFound => Status::not_found(m),
+                R::PeerUrlExists | R::NotLearner | R::LearnerNotReady | R::LastVoter => {
+                    Status::failed_precondition(m)
+                }
+                R::Failed(_) => Status::unavailable(m),
+            }
+        }
     }
 }
 
@@ -512,7 +525,7 @@ impl<B: KvBackend> pb::kv_server::Kv for KvService<B> {
     }
 }
 
-/// Serves the etcd API (KV, Watch, Lease) of store member `node` on `listener` over TLS, requiring client certificates
+/// Serves the etcd API (KV, Watch, Lease, Cluster, Maintenance) of store member `node` on `listener` over TLS, requiring client certificates
 /// signed by the cluster CA (`ca_pem`), until `shutdown` completes.
 pub async fn serve(
     node: crate::raft::node::StoreNode,
@@ -526,13 +539,7 @@ pub async fn serve(
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
         .client_ca_root(Certificate::from_pem(ca_pem));
-    let client_url = format!(
-        "https://{}",
-        listener
-            .local_addr()
-            .map_or_else(|_| "unknown".to_string(), |a| a.to_string())
-    );
-    let cluster = ClusterService::new(node.clone(), identity, client_url);
+    let cluster = ClusterService::new(node.clone(), identity);
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     Server::builder()
         .tls_config(tls)?

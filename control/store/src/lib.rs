@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 mod codec;
 pub mod etcd;
 pub mod keys;
@@ -78,6 +79,13 @@ pub enum StoreError {
     /// The peer transport failed to start (bad certificates, address in use).
     #[error("peer transport: {0}")]
     Transport(String),
+    /// This member's Raft stopped on a fatal error (a storage failure such as a full disk); it
+    /// serves nothing until restarted.
+    #[error("etcdserver: this member stopped on a fatal error and must be restarted: {0}")]
+    Stopped(String),
+    /// The leader refused a membership change.
+    #[error(transparent)]
+    Member(#[from] raft::membership::MemberRefusal),
     /// Stored bytes could not be decoded: a bug or a damaged disk.
     #[error("corrupt store: {0}")]
     Corrupt(String),

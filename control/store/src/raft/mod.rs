@@ -3,9 +3,11 @@
 //!
 //! [`state_machine`] applies committed [`Command`]s to the MVCC store and the lease table and
 //! builds snapshots from one consistent RocksDB view. [`network`] carries Raft RPCs over QUIC
-//! with mutual TLS. Still to come (issue 3): the node (membership, reads, proposals).
+//! with mutual TLS. [`node`] serves reads and proposals from any member; [`membership`] changes
+//! the member set at runtime.
 
 pub mod log;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod state_machine;

@@ -22,6 +22,7 @@ use openraft::Raft;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 
+use super::membership::{MemberChange, MemberRefusal};
 use super::{Command, CommandResponse, Member, TypeConfig};
 use crate::codec::{decode, encode};
 use crate::lease::{LeaseStatus, LeaseTable};
@@ -47,6 +48,10 @@ pub enum PeerRequest {
     LeaseKeepAlive(i64),
     /// A follower asks the leader how long a lease has left.
     LeaseTimeToLive(i64),
+    /// A follower forwards a membership change.
+    ChangeMembership(MemberChange),
+    /// The leader tells a member it was removed from the cluster.
+    Removed,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -66,6 +71,10 @@ pub enum PeerResponse {
     LeaseKeepAlive(Result<i64, String>),
     /// To LeaseTimeToLive.
     LeaseTimeToLive(Result<LeaseStatus, String>),
+    /// To ChangeMembership: done, or why the leader refused.
+    ChangeMembership(Result<(), MemberRefusal>),
+    /// To Removed.
+    Removed,
 }
 
 /// A QUIC endpoint that serves this member's Raft RPCs and dials its peers.
@@ -104,10 +113,16 @@ impl PeerEndpoint {
 
     /// Serves RPCs for `raft` (and lease requests on `leases`, the leader's deadlines) until
     /// the endpoint closes.
-    pub async fn serve(self, raft: Raft<TypeConfig>, leases: SharedLeases) {
+    pub async fn serve(
+        self,
+        raft: Raft<TypeConfig>,
+        leases: SharedLeases,
+        removed: Arc<tokio::sync::watch::Sender<bool>>,
+    ) {
         while let Some(incoming) = self.endpoint.accept().await {
             let raft = raft.clone();
             let leases = leases.clone();
+            let removed = removed.clone();
             tokio::spawn(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -120,9 +135,10 @@ impl PeerEndpoint {
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     let raft = raft.clone();
                     let leases = leases.clone();
+                    let removed = removed.clone();
                     let conn = conn.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(raft, leases, send, recv).await {
+                        if let Err(e) = answer(raft, leases, &removed, send, recv).await {
                             tracing::warn!(peer = %conn.remote_address(), error = %e, "bad peer message; closing its connection");
                             conn.close(1u32.into(), b"bad message");
                         }
@@ -144,6 +160,7 @@ pub type SharedLeases = Arc<std::sync::Mutex<LeaseTable>>;
 async fn answer(
     raft: Raft<TypeConfig>,
     leases: SharedLeases,
+    removed: &tokio::sync::watch::Sender<bool>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), String> {
@@ -179,6 +196,13 @@ async fn answer(
                 .time_to_live(id, std::time::Instant::now())
                 .map_err(|e| e.to_string()),
         ),
+        PeerRequest::ChangeMembership(change) => {
+            PeerResponse::ChangeMembership(super::membership::apply_on_leader(&raft, change).await)
+        }
+        PeerRequest::Removed => {
+            removed.send_replace(true);
+            PeerResponse::Removed
+        }
     };
     send.write_all(&encode(&resp).map_err(|e| e.to_string())?)
         .await
@@ -245,6 +269,19 @@ impl std::fmt::Display for Message {
 impl std::error::Error for Message {}
 
 impl PeerClient {
+    /// Sends arbitrary bytes as a request and returns the answer's bytes (tests of malformed
+    /// messages).
+    #[cfg(test)]
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let conn = self.connection().await.map_err(|_| "unreachable")?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(bytes).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        recv.read_to_end(MAX_FRAME_BYTES)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn connection(&mut self) -> Result<quinn::Connection, CallError> {
         if let Some(c) = &self.conn {
             if c.close_reason().is_none() {

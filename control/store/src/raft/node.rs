@@ -16,6 +16,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::Raft;
 
 use super::log::RaftLog;
+use super::membership::{self, MemberChange, MemberRefusal};
 use super::network::{lock, PeerEndpoint, PeerNetwork, PeerRequest, PeerResponse, SharedLeases};
 use super::state_machine::StateMachine;
 use super::{Command, CommandResponse, Member, TypeConfig};
@@ -41,6 +42,7 @@ pub struct StoreNode {
     leases: SharedLeases,
     network: PeerNetwork,
     endpoint: PeerEndpoint,
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -76,8 +78,14 @@ impl StoreNode {
         let raft = Raft::new(id, config, network.clone(), log, sm)
             .await
             .map_err(|e| StoreError::Transport(format!("starting Raft: {e}")))?;
-        tokio::spawn(endpoint.clone().serve(raft.clone(), leases.clone()));
+        let removed = Arc::new(tokio::sync::watch::Sender::new(false));
+        tokio::spawn(
+            endpoint
+                .clone()
+                .serve(raft.clone(), leases.clone(), removed.clone()),
+        );
         let node = StoreNode {
+            removed,
             id,
             raft,
             mvcc,
@@ -206,6 +214,10 @@ impl StoreNode {
                 Ok(v) => return Ok(v),
                 Err(why) => why,
             };
+            if let Err(fatal) = &self.raft.metrics().borrow().running_state {
+                // A storage failure (disk full) stopped Raft here: say so at once.
+                return Err(StoreError::Stopped(fatal.to_string()));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(StoreError::Unavailable(why));
             }
@@ -287,20 +299,37 @@ impl StoreNode {
         }
     }
 
+    /// What this member knows of member `id` from the membership configuration.
+    pub fn member(&self, id: u64) -> Option<Member> {
+        let m = self.raft.metrics().borrow().clone();
+        let node = m.membership_config.membership().get_node(&id).cloned();
+        node
+    }
+
+    /// Resolves with the reason once this member's Raft core has stopped on a fatal error (a
+    /// storage failure, say); the member cannot serve any more and should be restarted.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft core stopped".into();
+            }
+        }
+    }
+
+    /// Resolves once this member has been told it was removed from the cluster.
+    pub async fn removed(&self) {
+        let mut rx = self.removed.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
     /// Sends `req` to the leader this member currently knows.
     async fn ask_leader(&self, req: PeerRequest) -> Result<PeerResponse, StoreError> {
-        let leader = {
-            let m = self.raft.metrics().borrow().clone();
-            m.current_leader.and_then(|l| {
-                let node = m
-                    .membership_config
-                    .nodes()
-                    .find(|(id, _)| **id == l)?
-                    .1
-                    .clone();
-                Some((l, node))
-            })
-        };
+        let leader = self.raft.metrics().borrow().current_leader;
+        let leader = leader.and_then(|l| Some((l, self.member(l)?)));
         self.send_to(leader, req)
             .await
             .map_err(StoreError::Unavailable)
@@ -332,6 +361,42 @@ impl StoreNode {
                 "the leader answered a different request".into(),
             )),
         }
+    }
+
+    /// Changes the cluster's membership through the leader. A refusal (unknown member, address
+    /// in use, learner not caught up) is final; an unreachable leader is retried until
+    /// [`REQUEST_TIMEOUT`].
+    pub async fn change_membership(&self, change: MemberChange) -> Result<(), StoreError> {
+        let removed = match &change {
+            MemberChange::Remove(id) => self.member(*id).map(|m| (*id, m)),
+            _ => None,
+        };
+        let outcome = self
+            .until_served(|| async {
+                if self.is_leader() {
+                    return match membership::apply_on_leader(&self.raft, change.clone()).await {
+                        // Lost leadership in between: try again through the new leader.
+                        Err(MemberRefusal::Failed(why)) if why.contains("forward") => Err(why),
+                        other => Ok(other),
+                    };
+                }
+                match self
+                    .ask_leader(PeerRequest::ChangeMembership(change.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    PeerResponse::ChangeMembership(r) => Ok(r),
+                    _ => Err("the leader answered a different request".into()),
+                }
+            })
+            .await?;
+        outcome.map_err(StoreError::Member)?;
+        if let Some(removed) = removed {
+            // Tell the removed member, so that it stops instead of campaigning on its own; it
+            // may be down already, which is fine.
+            let _ = self.send_to(Some(removed), PeerRequest::Removed).await;
+        }
+        Ok(())
     }
 
     /// Every lease id, as of a linearizable read.

@@ -254,6 +254,27 @@ impl StateMachine {
         })
     }
 
+    /// Seeds a new member's state from a backup file ([`crate::backup`]: an etcd
+    /// `Maintenance.Snapshot` stream saved to a file): the keys, their history and the leases, without the Raft position and
+    /// membership of the cluster it came from, so the member forms a new cluster around it.
+    /// Every member of the new cluster must be restored from the same file.
+    pub fn restore_backup(state_dir: &std::path::Path, backup: &[u8]) -> Result<(), StoreError> {
+        let mvcc = Mvcc::open(state_dir, crate::MvccOptions { sync: true })?;
+        if mvcc.revisions()?.0 > 0 {
+            return Err(StoreError::Refused(format!(
+                "{} already holds data; restore into an empty data dir",
+                state_dir.display()
+            )));
+        }
+        let state = crate::backup::decode(backup)?;
+        StateMachine::probe(state)?;
+        mvcc.import(state)?;
+        mvcc.write_meta(&[
+            MetaOp::Delete(META_APPLIED.to_vec()),
+            MetaOp::Delete(META_MEMBERSHIP.to_vec()),
+        ])
+    }
+
     /// The applied log id and membership recorded inside an exported state.
     fn probe(state: &[u8]) -> Result<(Option<LogId<u64>>, Membership), StoreError> {
         let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = decode(state, "snapshot")?;

@@ -10,11 +10,12 @@ use super::node::StoreNode;
 use super::*;
 use crate::etcd::KvBackend;
 use crate::types::{Op, PutRequest, RangeRequest};
-use crate::KeyRange;
+use crate::{KeyRange, StoreError};
 
 struct Cluster {
     nodes: BTreeMap<u64, StoreNode>,
     dir: std::path::PathBuf,
+    ca: ClusterCa,
 }
 
 impl Drop for Cluster {
@@ -37,33 +38,48 @@ fn tls(ca: &ClusterCa) -> (rustls::ServerConfig, rustls::ClientConfig) {
     )
 }
 
+/// Starts a member that is not part of any cluster yet, with id `member_id(its address)`.
+async fn start_member(
+    ca: &ClusterCa,
+    dir: &std::path::Path,
+    name: &str,
+) -> (u64, Member, StoreNode) {
+    let (server, client) = tls(ca);
+    let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), server, client).unwrap();
+    let member = Member {
+        name: name.into(),
+        peer_addr: endpoint.local_addr().unwrap().to_string(),
+        client_addr: String::new(),
+    };
+    let id = membership::member_id(&member.peer_addr);
+    let node = StoreNode::start(id, &dir.join(name), default_config(), endpoint)
+        .await
+        .unwrap();
+    (id, member, node)
+}
+
 async fn start(name: &str, n: u64) -> Cluster {
     flotilla_pki::install_crypto_provider();
+    let ca = ClusterCa::generate("test-ca").unwrap();
     let dir = std::env::temp_dir().join(format!("flotilla-raft-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let ca = ClusterCa::generate("test-ca").unwrap();
     let mut members = BTreeMap::new();
     let mut nodes = BTreeMap::new();
-    for id in 1..=n {
-        let (server, client) = tls(&ca);
-        let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), server, client).unwrap();
-        members.insert(
-            id,
-            Member {
-                name: format!("m{id}"),
-                peer_addr: endpoint.local_addr().unwrap().to_string(),
-                client_addr: String::new(),
-            },
-        );
-        let node = StoreNode::start(id, &dir.join(id.to_string()), default_config(), endpoint)
-            .await
-            .unwrap();
+    for i in 1..=n {
+        let (id, member, node) = start_member(&ca, &dir, &format!("m{i}")).await;
+        members.insert(id, member);
         nodes.insert(id, node);
     }
     for node in nodes.values() {
         node.bootstrap(members.clone()).await.unwrap();
     }
-    Cluster { nodes, dir }
+    Cluster { nodes, dir, ca }
+}
+
+impl Cluster {
+    fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
 }
 
 impl Cluster {
@@ -116,15 +132,16 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_replicate_and_survive_losing_the_leader() {
     let c = start("failover", 3).await;
-    let leader = c.leader(&[1, 2, 3]).await;
+    let ids = c.ids();
+    let leader = c.leader(&ids).await;
     c.put(leader, "/before").await;
-    for id in 1..=3 {
+    for id in ids.clone() {
         c.wait_for_key(id, "/before").await;
     }
 
     // The leader stops: the other two elect a new one and keep accepting writes.
     c.nodes[&leader].shutdown().await;
-    let rest: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let rest: Vec<u64> = ids.into_iter().filter(|id| *id != leader).collect();
     let started = tokio::time::Instant::now();
     let new_leader = c.leader(&rest).await;
     assert_ne!(new_leader, leader);
@@ -143,7 +160,7 @@ async fn three_members_replicate_and_survive_losing_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_a_cluster_certificate_is_refused_and_harmless() {
     let c = start("mtls", 3).await;
-    let leader = c.leader(&[1, 2, 3]).await;
+    let leader = c.leader(&c.ids()).await;
     // An intruder with a certificate from another CA.
     let other = ClusterCa::generate("intruder-ca").unwrap();
     let (server, client) = tls(&other);
@@ -175,16 +192,20 @@ async fn a_peer_without_a_cluster_certificate_is_refused_and_harmless() {
         let term = node.raft().metrics().borrow().current_term;
         assert!(term < 99, "a member adopted the intruder's term ({term})");
     }
-    let now_leader = c.leader(&[1, 2, 3]).await;
+    let now_leader = c.leader(&c.ids()).await;
     c.put(now_leader, "/still-fine").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_forward_writes_and_serve_linearizable_reads() {
     let c = start("forward", 3).await;
-    let leader = c.leader(&[1, 2, 3]).await;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    let ids = c.ids();
+    let leader = c.leader(&ids).await;
+    let follower = *ids.iter().find(|id| **id != leader).unwrap();
+    let other = *ids
+        .iter()
+        .find(|id| **id != leader && **id != follower)
+        .unwrap();
     // A write sent to a follower is forwarded to the leader and committed.
     c.put(follower, "/via-follower").await;
     // A linearizable read on the other follower sees it at once, without waiting by hand.
@@ -197,4 +218,111 @@ async fn followers_forward_writes_and_serve_linearizable_reads() {
     .unwrap();
     assert_eq!(r.kvs.len(), 1);
     assert_eq!(h.revision, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_peer_message_drops_only_that_connection() {
+    let c = start("malformed", 3).await;
+    let ids = c.ids();
+    let leader = c.leader(&ids).await;
+    let target = c.nodes[&leader].member(leader).unwrap();
+    // A member of the cluster (valid certificate) sends garbage.
+    let (server, client) = tls(&c.ca);
+    let sender = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), server, client).unwrap();
+    use openraft::network::RaftNetworkFactory;
+    let mut client = PeerNetwork::new(sender.clone())
+        .new_client(leader, &target)
+        .await;
+    let answer = client.send_raw(b"\xff\xff\xffnot a raft message").await;
+    assert!(answer.is_err(), "garbage was answered: {answer:?}");
+    // The node keeps serving: the same sender gets answers on a new connection, and the
+    // cluster keeps its leader and commits writes.
+    let again = client.send_raw(b"").await;
+    assert!(again.is_err(), "an empty frame is malformed too");
+    sender.close();
+    assert_eq!(c.leader(&ids).await, leader);
+    c.put(leader, "/after-garbage").await;
+    for id in &ids {
+        c.wait_for_key(*id, "/after-garbage").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_as_learners_promoted_and_removed() {
+    use membership::{MemberChange, MemberRefusal};
+    let mut c = start("membership", 3).await;
+    let ids = c.ids();
+    let leader = c.leader(&ids).await;
+    let follower = *ids.iter().find(|id| **id != leader).unwrap();
+    c.put(leader, "/early").await;
+
+    // A fourth member starts without a cluster; a follower is asked to add it as a learner.
+    let (new_id, new_member, new_node) = start_member(&c.ca, &c.dir, "m4").await;
+    c.nodes.insert(new_id, new_node);
+    c.nodes[&follower]
+        .change_membership(MemberChange::Add {
+            member: new_member.clone(),
+            learner: true,
+        })
+        .await
+        .unwrap();
+    c.wait_for_key(new_id, "/early").await;
+    let m = c.nodes[&leader].raft().metrics().borrow().clone();
+    assert!(!m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == new_id));
+
+    // The same address again, promoting a voter, unknown ids: refused with etcd's reasons.
+    let refusal = |r: Result<(), StoreError>| match r {
+        Err(StoreError::Member(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let again = c.nodes[&leader]
+        .change_membership(MemberChange::Add {
+            member: new_member,
+            learner: true,
+        })
+        .await;
+    assert_eq!(refusal(again), MemberRefusal::PeerUrlExists);
+    let voter = c.nodes[&leader]
+        .change_membership(MemberChange::Promote(leader))
+        .await;
+    assert_eq!(refusal(voter), MemberRefusal::NotLearner);
+    let unknown = c.nodes[&follower]
+        .change_membership(MemberChange::Remove(42))
+        .await;
+    assert_eq!(refusal(unknown), MemberRefusal::NotFound);
+
+    // Promoted once caught up; it then votes.
+    c.nodes[&follower]
+        .change_membership(MemberChange::Promote(new_id))
+        .await
+        .unwrap();
+    let m = c.nodes[&leader].raft().metrics().borrow().clone();
+    assert!(m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == new_id));
+
+    // Removing a voter: it is told, and the other three keep committing.
+    let gone = *ids.iter().find(|id| **id != leader).unwrap();
+    c.nodes[&leader]
+        .change_membership(MemberChange::Remove(gone))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), c.nodes[&gone].removed())
+        .await
+        .expect("the removed member is told");
+    c.nodes[&gone].shutdown().await;
+    let rest: Vec<u64> = c.ids().into_iter().filter(|id| *id != gone).collect();
+    let now = c.leader(&rest).await;
+    c.put(now, "/after-removal").await;
+    for id in &rest {
+        c.wait_for_key(*id, "/after-removal").await;
+    }
+    let m = c.nodes[&now].raft().metrics().borrow().clone();
+    assert!(m.membership_config.membership().get_node(&gone).is_none());
 }
