@@ -5,41 +5,63 @@
 //! Every suite produces a [`Report`]; it prints as a table, or with `--json` as one JSON document
 //! holding every figure and ratio so runs can be compared.
 
-// FIXME(issue 3): the `kv` suite is the first to build figures; until it lands only the tests
-// construct them.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::process::ExitCode;
 
 use clap::Args;
 use serde::Serialize;
 
+mod kv;
+
 /// Flags of `flotilla bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The suite to run. Planned: `kv` (the store against etcd 3.4) and `routing` (eBPF
-    /// Service routing against iptables); each arrives with its issue.
+    /// The suite to run: `kv` (the replicated store against a 3-member etcd 3.4, same client,
+    /// same workload). Planned: `routing` (eBPF Service routing against iptables).
     pub suite: String,
 
     /// Print one JSON document with every figure and ratio instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Seconds per measurement (each side, each level).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+
+    /// Concurrent clients for the write measurements, comma-separated (kv).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 256])]
+    pub clients: Vec<usize>,
+
+    /// Concurrent clients for the linearizable-read measurement (kv).
+    #[arg(long, default_value_t = 16)]
+    pub read_clients: usize,
+
+    /// Bytes per value written (kv).
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
 }
 
+/// Suites that run today.
+const AVAILABLE: &[&str] = &["kv"];
+
 /// Suites that will exist, with the issue that brings each.
-const PLANNED: &[(&str, &str)] = &[
-    ("kv", "replicated store (Flotilla's store against etcd 3.4)"),
-    ("routing", "eBPF routing (Service routing against iptables)"),
-];
+const PLANNED: &[(&str, &str)] = &[("routing", "eBPF routing (Service routing against iptables)")];
 
 /// Runs `suite`; `None` while no suite of that name exists. Suites register here as their
 /// issues land.
-fn run_suite(_suite: &str) -> Option<anyhow::Result<Report>> {
-    None
+fn run_suite(args: &BenchArgs) -> Option<anyhow::Result<Report>> {
+    match args.suite.as_str() {
+        "kv" => Some(kv::run(&kv::KvWorkload {
+            seconds: args.seconds,
+            clients: args.clients.clone(),
+            read_clients: args.read_clients,
+            value_size: args.value_size,
+        })),
+        _ => None,
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    match run_suite(&args.suite) {
+    match run_suite(&args) {
         Some(r) => {
             let r = r?;
             if args.json {
@@ -56,8 +78,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     "flotilla bench {name}: not available yet; it arrives with the {issue} issue."
                 ),
                 None => eprintln!(
-                    "flotilla bench: unknown suite {:?}; planned suites: {}",
+                    "flotilla bench: unknown suite {:?}; available: {}; planned: {}",
                     args.suite,
+                    AVAILABLE.join(", "),
                     PLANNED
                         .iter()
                         .map(|(n, _)| *n)

@@ -24,7 +24,7 @@ use flotilla_store::raft::membership::{member_id, MemberChange};
 use flotilla_store::raft::network::PeerEndpoint;
 use flotilla_store::raft::node::StoreNode;
 use flotilla_store::raft::state_machine::StateMachine;
-use flotilla_store::raft::{default_config, Member};
+use flotilla_store::raft::Member;
 use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -76,6 +76,17 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(10..))]
     pub snapshot_count: u64,
+
+    /// Milliseconds between the leader's heartbeats (etcd's --heartbeat-interval).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub heartbeat_interval: u64,
+
+    /// Election timeout in milliseconds (etcd's --election-timeout): a follower that hears no
+    /// heartbeat for 1.5–2 times this campaigns to become leader. At least 5 heartbeats.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..))]
+    pub election_timeout: u64,
 
     /// Seed this member from a backup made with `etcdctl snapshot save` (Maintenance.Snapshot)
     /// before starting. The data dir must be empty; restore every member of the new cluster
@@ -200,7 +211,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("restoring {}", backup.display()))?;
         tracing::info!(backup = %backup.display(), "restored the store from a backup");
     }
-    let mut config = default_config();
+    if args.election_timeout < 5 * args.heartbeat_interval {
+        bail!(
+            "--election-timeout {} ms must be at least 5 heartbeats (--heartbeat-interval {} ms)",
+            args.election_timeout,
+            args.heartbeat_interval
+        );
+    }
+    let mut config = flotilla_store::raft::config(args.heartbeat_interval, args.election_timeout);
     config.snapshot_policy = SnapshotPolicy::LogsSinceLast(args.snapshot_count);
     config.max_in_snapshot_log_to_keep = args.snapshot_count.min(5_000);
     let node = StoreNode::start(id, &store_dir, config, endpoint)

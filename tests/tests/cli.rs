@@ -28,7 +28,7 @@ fn unavailable_subcommands_say_so_and_fail() {
         vec!["agent"],
         vec!["chaos"],
         vec!["image", "build"],
-        vec!["bench", "kv"],
+        vec!["bench", "routing"],
     ] {
         let out = flotilla(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
@@ -37,7 +37,7 @@ fn unavailable_subcommands_say_so_and_fail() {
     }
     let out = flotilla(&["bench", "nonsense"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("planned suites: kv, routing"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("available: kv; planned: routing"));
 }
 
 #[test]

@@ -167,6 +167,55 @@ fn etcdctl_writes_on_one_master_and_reads_on_another() {
         String::from_utf8_lossy(&out.stdout),
         "/demo/a\n1\n/demo/b\n2\n"
     );
+    // A range [key, range_end).
+    let out = etcdctl(&cluster, 1, &["get", "/demo/a", "/demo/c", "--keys-only"]);
+    let keys = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        keys.split_whitespace().collect::<Vec<_>>(),
+        ["/demo/a", "/demo/b"],
+        "{}",
+        show(&out)
+    );
+    // Transactions as etcdctl writes them (compares, success ops, failure ops on stdin): the
+    // first one's compare holds, the second one's fails.
+    let txn = |compare: &str| {
+        use std::io::Write;
+        let mut child = etcdctl_command(&cluster, 0)
+            .args(["txn"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let script = format!("{compare}\n\nput /demo/txn yes\n\nput /demo/txn no\n\n");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        let got = etcdctl(&cluster, 2, &["get", "/demo/txn", "--print-value-only"]);
+        (
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            String::from_utf8_lossy(&got.stdout).trim().to_string(),
+        )
+    };
+    assert_eq!(
+        txn("value(\"/demo/a\") = \"1\""),
+        ("SUCCESS".into(), "yes".into())
+    );
+    assert_eq!(
+        txn("mod(\"/demo/b\") < \"2\""),
+        ("FAILURE".into(), "no".into())
+    );
+    assert!(etcdctl(&cluster, 0, &["del", "/demo/txn"]).status.success());
+
     let out = etcdctl(&cluster, 2, &["del", "/demo/a"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),

@@ -63,26 +63,27 @@ async fn read_all(kv: &mut KvClient<Channel>) -> Vec<String> {
 fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     flotilla_e2e_runtime().block_on(async {
         let cluster = LocalCluster::up("faults", &["--masters", "3", "--nodes", "0", "--no-demo"]);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let leader = loop {
-            if let Some(l) = agreed_leader(&cluster).await {
-                break l;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "members never agreed on a leader"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let leader = wait_for_leader(&cluster).await;
         // Write through a follower, so the client's own connection survives the kill.
         let via = (leader + 1) % 3;
         let survivor = (leader + 2) % 3;
+        let agreed_id =
+            pb::maintenance_client::MaintenanceClient::new(client(&cluster, leader).await)
+                .status(pb::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .header
+                .unwrap()
+                .member_id;
         let mut kv = KvClient::new(client(&cluster, via).await);
         let mut acked = Vec::new();
         let mut failed = 0;
         let leader_pid = cluster.cluster_json()["processes"][leader]["pid"]
             .as_u64()
             .unwrap() as u32;
+        let mut killed_at = None;
+        let mut first_after_kill = None;
         for i in 0..120 {
             if i == 40 {
                 assert!(std::process::Command::new("kill")
@@ -93,6 +94,32 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
                 wait_for("the leader to die", Duration::from_secs(5), || {
                     !pid_alive(leader_pid)
                 });
+                let k = std::time::Instant::now();
+                killed_at = Some(k);
+                // How long until the survivors agree on a new leader.
+                let survivors = [via, survivor];
+                let election = loop {
+                    let mut leaders = Vec::new();
+                    for m in survivors {
+                        let mut c = pb::maintenance_client::MaintenanceClient::new(
+                            client(&cluster, m).await,
+                        );
+                        if let Ok(s) = c.status(pb::StatusRequest {}).await {
+                            leaders.push(s.into_inner().leader);
+                        }
+                    }
+                    let old = agreed_id;
+                    if leaders.len() == 2
+                        && leaders[0] == leaders[1]
+                        && leaders[0] != old
+                        && leaders[0] != 0
+                    {
+                        break k.elapsed();
+                    }
+                    assert!(k.elapsed() < Duration::from_secs(30), "no new leader");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                eprintln!("a new leader was agreed {election:?} after the kill");
             }
             let key = format!("/load/{i:04}");
             let t0 = std::time::Instant::now();
@@ -103,6 +130,9 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
             });
             match tokio::time::timeout(Duration::from_secs(15), put).await {
                 Ok(Ok(_)) => {
+                    if let (Some(k), None) = (killed_at, first_after_kill) {
+                        first_after_kill = Some(k.elapsed());
+                    }
                     if t0.elapsed() > Duration::from_millis(300) {
                         eprintln!("write {i} took {:?}", t0.elapsed());
                     }
@@ -145,9 +175,10 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
             );
         }
         eprintln!(
-            "killed m{} (the leader); {} writes acknowledged, {failed} with unknown outcome; \
-             all acknowledged writes kept",
+            "killed m{} (the leader); first write acknowledged {:?} after the kill; {} writes \
+             acknowledged, {failed} with unknown outcome; all acknowledged writes kept",
             leader + 1,
+            first_after_kill,
             acked.len()
         );
     });

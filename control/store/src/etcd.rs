@@ -540,7 +540,8 @@ pub async fn serve(
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
         .client_ca_root(Certificate::from_pem(ca_pem));
     let cluster = ClusterService::new(node.clone(), identity);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Without TCP_NODELAY small responses wait for the client's delayed ACK (~40 ms each).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .tls_config(tls)?
         .add_service(WatchService::new(node.watch_hub().clone(), identity).into_server())

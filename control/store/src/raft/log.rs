@@ -42,6 +42,41 @@ pub type LogEntry = Entry<TypeConfig>;
 #[derive(Clone)]
 pub struct RaftLog {
     db: Arc<DB>,
+    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// The WAL syncer: appends write without waiting for the disk and queue their flush callback
+/// here; one thread syncs the WAL for everything queued so far (group commit) and reports
+/// the flushes in append order. The Raft core never waits on an fsync, and concurrent
+/// appends share one.
+fn spawn_syncer(db: std::sync::Weak<DB>) -> std::sync::mpsc::Sender<LogFlushed<TypeConfig>> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    let spawned = std::thread::Builder::new()
+        .name("raft-log-sync".into())
+        .spawn(move || {
+            // Ends when every RaftLog handle (every sender) is gone.
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                // A weak handle, so that the database closes with its last RaftLog.
+                let synced = match db.upgrade() {
+                    Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                    None => Err("the Raft log is closed".to_string()),
+                };
+                for callback in batch {
+                    let result = match &synced {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(std::io::Error::other(format!("syncing the Raft log: {e}"))),
+                    };
+                    callback.log_io_completed(result);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread every flush callback is dropped and Raft stops on it.
+        tracing::error!(error = %e, "cannot start the Raft log sync thread");
+    }
+    tx
 }
 
 impl Debug for RaftLog {
@@ -67,8 +102,10 @@ impl RaftLog {
         let cfs = [CF_LOG, CF_META]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         Ok(RaftLog {
-            db: Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?),
+            syncer: spawn_syncer(Arc::downgrade(&db)),
+            db,
         })
     }
 
@@ -107,11 +144,19 @@ impl RaftLog {
 
     /// Appends `entries` and returns once they are on disk (WAL synced).
     pub fn append(&self, entries: impl IntoIterator<Item = LogEntry>) -> Result<(), StoreError> {
+        self.write_entries(entries, &synced())
+    }
+
+    fn write_entries(
+        &self,
+        entries: impl IntoIterator<Item = LogEntry>,
+        opts: &WriteOptions,
+    ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for e in entries {
             batch.put_cf(self.cf(CF_LOG), e.log_id.index.to_be_bytes(), encode(&e)?);
         }
-        Ok(self.db.write_opt(batch, &synced())?)
+        Ok(self.db.write_opt(batch, opts)?)
     }
 
     /// Entries with index in `[start, end)`, in order, stopping at the first gap.
@@ -249,11 +294,14 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         I: IntoIterator<Item = LogEntry> + Send,
         I::IntoIter: Send,
     {
-        // Report the flush only after the synced write returned: openraft counts an entry
-        // towards the quorum as soon as it is reported.
-        match RaftLog::append(self, entries) {
+        // The entries are readable at once; the flush is reported only once the WAL is synced
+        // (openraft counts an entry towards the quorum as soon as it is reported).
+        match self.write_entries(entries, &WriteOptions::default()) {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(unsent) = self.syncer.send(callback) {
+                    let failed = std::io::Error::other("the Raft log sync thread is gone");
+                    unsent.0.log_io_completed(Err(failed));
+                }
                 Ok(())
             }
             Err(e) => {

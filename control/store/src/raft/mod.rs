@@ -78,13 +78,23 @@ impl std::fmt::Display for Member {
     }
 }
 
-/// Raft timing: heartbeat 100 ms, elections after 1–2 s without one (etcd-like defaults).
+/// Raft timing: heartbeat 100 ms; a follower that hears no heartbeat for 1.5–2 s campaigns
+/// (etcd's default 1 s election timeout, randomized).
 pub fn default_config() -> openraft::Config {
+    config(100, 1000)
+}
+
+/// Raft timing from etcd-style settings: `heartbeat_ms` between heartbeats, and
+/// `election_ms` as etcd's election timeout. openraft 0.9 makes a follower wait for the
+/// leader's lease (its `election_timeout_max`) *plus* a random election timeout before it
+/// campaigns; with the maximum set to `election_ms` and the minimum to half of it, a follower
+/// campaigns 1.5–2 × `election_ms` after the last heartbeat.
+pub fn config(heartbeat_ms: u64, election_ms: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "flotilla".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: election_ms / 2,
+        election_timeout_max: election_ms,
         // Snapshots are sent whole; the default 200 ms chunk timeout is too short for them.
         install_snapshot_timeout: 10_000,
         ..Default::default()

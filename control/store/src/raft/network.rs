@@ -220,14 +220,23 @@ pub fn lock(leases: &SharedLeases) -> std::sync::MutexGuard<'_, LeaseTable> {
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     endpoint: PeerEndpoint,
+    connections: Connections,
 }
 
 impl PeerNetwork {
     /// Dials through `endpoint`.
     pub fn new(endpoint: PeerEndpoint) -> PeerNetwork {
-        PeerNetwork { endpoint }
+        PeerNetwork {
+            endpoint,
+            connections: Arc::default(),
+        }
     }
 }
+
+/// Open connections by peer address, shared by every client of one member: replication
+/// streams and forwarded requests reuse one QUIC connection per peer instead of paying a
+/// handshake each.
+type Connections = Arc<std::sync::Mutex<std::collections::HashMap<String, quinn::Connection>>>;
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
@@ -238,6 +247,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             node: node.clone(),
             conn: None,
+            shared: self.connections.clone(),
         }
     }
 }
@@ -249,6 +259,7 @@ pub struct PeerClient {
     target: u64,
     node: Member,
     conn: Option<quinn::Connection>,
+    shared: Connections,
 }
 
 /// Why one call failed, before it is typed for openraft.
@@ -288,6 +299,17 @@ impl PeerClient {
                 return Ok(c.clone());
             }
         }
+        let cached = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.node.peer_addr)
+            .filter(|c| c.close_reason().is_none())
+            .cloned();
+        if let Some(c) = cached {
+            self.conn = Some(c.clone());
+            return Ok(c);
+        }
         let addr: SocketAddr = self.node.peer_addr.parse().map_err(|e| {
             CallError::Unreachable(format!("bad peer address {:?}: {e}", self.node.peer_addr))
         })?;
@@ -299,6 +321,10 @@ impl PeerClient {
             .await
             .map_err(|e| CallError::Unreachable(e.to_string()))?;
         self.conn = Some(conn.clone());
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.node.peer_addr.clone(), conn.clone());
         Ok(conn)
     }
 

@@ -153,11 +153,26 @@ impl StoreNode {
         client.request(req, FORWARD_TIMEOUT).await
     }
 
-    async fn wait_for_leader(&self) {
+    /// The leader and term this member currently believes in.
+    fn leadership(&self) -> (Option<u64>, u64) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader, m.current_term)
+    }
+
+    /// After an attempt under `tried` failed: waits for a leader other than the one tried (an
+    /// election after its death, a new term), so that a dead leader is not asked again and
+    /// again, for at most an election timeout.
+    async fn wait_for_leader_change(&self, tried: (Option<u64>, u64)) {
         let _ = self
             .raft
-            .wait(Some(Duration::from_secs(2)))
-            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .wait(Some(Duration::from_millis(
+                self.raft.config().election_timeout_max,
+            )))
+            .metrics(
+                |m| m.current_leader.is_some() && (m.current_leader, m.current_term) != tried,
+                "a leader other than the one that failed",
+            )
             .await;
     }
 
@@ -210,6 +225,7 @@ impl StoreNode {
     {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
+            let tried = self.leadership();
             let why = match attempt().await {
                 Ok(v) => return Ok(v),
                 Err(why) => why,
@@ -221,8 +237,8 @@ impl StoreNode {
             if tokio::time::Instant::now() >= deadline {
                 return Err(StoreError::Unavailable(why));
             }
-            self.wait_for_leader().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.wait_for_leader_change(tried).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -239,7 +255,7 @@ impl StoreNode {
     /// election timeout; while leader, revoke expired leases through Raft; on losing
     /// leadership, stop tracking deadlines. Ends when Raft stops.
     async fn expire_leases(self) {
-        let extend = Duration::from_millis(super::default_config().election_timeout_max);
+        let extend = Duration::from_millis(self.raft.config().election_timeout_max);
         let mut was_leader = false;
         loop {
             if self.raft.metrics().borrow().running_state.is_err() {
