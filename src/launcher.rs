@@ -223,6 +223,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .args(["--listen-metrics", "127.0.0.1:0"])
                 .args(["--listen-peer", peer_addr])
                 .args(["--listen-client", "127.0.0.1:0"])
+                .args(["--listen-api", "127.0.0.1:0"])
                 .args(["--initial-cluster", &initial_cluster])
                 .args(["--snapshot-count", &args.snapshot_count.to_string()])
                 .arg("--pki-dir")
@@ -246,6 +247,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         p.endpoints.insert("health".into(), published.health);
         p.endpoints.insert("etcd".into(), published.etcd);
         p.endpoints.insert("peer".into(), published.peer);
+        p.endpoints.insert("api".into(), published.api);
     }
 
     let cluster = ClusterFile {
@@ -259,6 +261,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         processes,
     };
     write_atomically(&cluster_file(&dir), &serde_json::to_vec_pretty(&cluster)?)?;
+    let kubeconfig = dir.join("admin.kubeconfig");
+    write_atomically(&kubeconfig, admin_kubeconfig(&cluster).as_bytes())?;
 
     println!("Flotilla cluster up in {}", dir.display());
     print_table(&cluster, &health_of(&cluster));
@@ -276,6 +280,38 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A kubeconfig for the admin user (certificate files under `DIR/pki`) with one context per
+/// master; the current context is the first master's.
+fn admin_kubeconfig(cluster: &ClusterFile) -> String {
+    let masters: Vec<&ProcessEntry> = cluster
+        .processes
+        .iter()
+        .filter(|p| p.role == "master" && p.endpoints.contains_key("api"))
+        .collect();
+    let mut clusters = String::new();
+    let mut contexts = String::new();
+    for p in &masters {
+        clusters.push_str(&format!(
+            "- name: flotilla-{name}\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n",
+            name = p.name,
+            server = p.endpoints["api"],
+            ca = cluster.pki.ca.display()
+        ));
+        contexts.push_str(&format!(
+            "- name: {name}\n  context:\n    cluster: flotilla-{name}\n    user: admin\n",
+            name = p.name
+        ));
+    }
+    let current = masters.first().map_or("m1", |p| p.name.as_str());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n{clusters}contexts:\n{contexts}\
+         current-context: {current}\nusers:\n- name: admin\n  user:\n    \
+         client-certificate: {cert}\n    client-key: {key}\n",
+        cert = cluster.pki.admin_cert.display(),
+        key = cluster.pki.admin_key.display()
+    )
 }
 
 /// A free UDP port on loopback for a member's Raft traffic. The port is released before the

@@ -43,7 +43,7 @@ enum Command {
     /// controller manager and scheduler.
     ///
     /// `flotilla up` starts masters for you; run this by hand to deploy on real machines.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
 
     /// Run a node agent: runs pods through containerd and routes Services with eBPF.
     /// (Not available yet: it arrives with the node-agent issue.)
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, "info,openraft=warn");
     flotilla_pki::install_crypto_provider();
     let result = match cli.command {
-        Command::Server(args) => server::run(args),
+        Command::Server(args) => server::run(*args),
         Command::Up(args) => launcher::up(args),
         Command::Down(args) => launcher::down(args),
         Command::Status(args) => launcher::status(args),

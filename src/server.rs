@@ -57,6 +57,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2379")]
     pub listen_client: SocketAddr,
 
+    /// TCP address for the Kubernetes API (HTTPS; client certificates from the cluster CA
+    /// authenticate users: CN = user, O = groups).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6443")]
+    pub listen_api: SocketAddr,
+
     /// Every member as NAME=PEER_ADDR, comma-separated, identical on every member
     /// (etcd's --initial-cluster), e.g. m1=10.0.0.1:2380,m2=10.0.0.2:2380,m3=10.0.0.3:2380.
     /// PEER_ADDR may be written https://IP:PORT as etcd does. A member's id is derived from
@@ -149,6 +154,9 @@ pub struct MemberEndpoints {
     pub etcd: String,
     /// `ADDR` of the Raft peer transport (UDP).
     pub peer: String,
+    /// `https://ADDR` of the Kubernetes API.
+    #[serde(default)]
+    pub api: String,
 }
 
 /// Where a member publishes its endpoints.
@@ -197,6 +205,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             args.pki_dir.display()
         )
     })?;
+    let api_tls = Arc::new(flotilla_pki::server_config(
+        &ca_pem,
+        &tls,
+        ClientAuth::Optional,
+    )?);
     let endpoint = PeerEndpoint::bind(
         args.listen_peer,
         flotilla_pki::server_config(&ca_pem, &tls, ClientAuth::Required)?,
@@ -341,6 +354,35 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await
     });
 
+    let api_listener = tokio::net::TcpListener::bind(args.listen_api)
+        .await
+        .with_context(|| format!("binding the API address {}", args.listen_api))?;
+    let api_addr = api_listener.local_addr()?;
+    let api = flotilla_apiserver::http::Api::new(node.clone());
+    tasks.spawn("kubernetes-api", {
+        let api = api.clone();
+        move |shutdown| async move {
+            flotilla_apiserver::tls::serve(
+                api_listener,
+                api_tls,
+                flotilla_apiserver::http::router(api),
+                async move { shutdown.wait().await },
+            )
+            .await
+        }
+    });
+    tasks.spawn("initial-namespaces", {
+        let api = api.clone();
+        move |shutdown| async move {
+            tokio::select! {
+                _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
+                _ = flotilla_apiserver::bootstrap::initial_namespaces(&api) => {}
+            }
+            shutdown.wait().await;
+            Ok(())
+        }
+    });
+
     let published_as = Member {
         name: args.name.clone(),
         peer_addr: args.listen_peer.to_string(),
@@ -366,6 +408,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         health: format!("http://{addr}/healthz"),
         etcd: format!("https://{client_addr}"),
         peer: args.listen_peer.to_string(),
+        api: format!("https://{api_addr}"),
     };
     let published = endpoints_file(&args.data_dir);
     write_atomically(&published, &serde_json::to_vec_pretty(&endpoints)?)?;

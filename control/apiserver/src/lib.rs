@@ -11,5 +11,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
+pub mod http;
+pub mod objects;
 pub mod registry;
+pub mod resources;
+pub mod selectors;
 pub mod status;
+pub mod storage;
+pub mod table;
+pub mod tls;

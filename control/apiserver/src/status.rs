@@ -64,6 +64,12 @@ pub enum ApiError {
     /// 413: the body is larger than the API accepts.
     #[error("the request is too large: {0}")]
     TooLarge(String),
+    /// 405: the resource does not support the verb.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 415: a patch type or body format the server does not accept.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 500: the server failed.
     #[error("{0}")]
     Internal(String),
@@ -82,6 +88,10 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }

@@ -1,0 +1,611 @@
+//! The Kubernetes REST edge: discovery, and get/list/watch/create/update/patch/delete on every
+//! built-in resource, over [`Storage`].
+//!
+//! Paths are parsed by hand (one fallback handler) because Kubernetes' URL grammar is
+//! ambiguous for a router: `/api/v1/namespaces/x/pods` is a collection, `/api/v1/namespaces/x/
+//! status` a subresource.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::objects;
+use crate::resources::{self, Resource};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+use crate::storage::{resource_version, Backend, Change, Storage};
+use crate::table;
+
+/// Largest request body accepted (DESIGN.md: API 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The Kubernetes version discovery reports.
+pub const KUBE_VERSION: (&str, &str) = ("1", "33");
+
+/// Who sent a request, from its client certificate (CN = user, O = groups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user name.
+    pub name: String,
+    /// The groups.
+    pub groups: Vec<String>,
+}
+
+/// Shared state of the API server.
+#[derive(Debug)]
+pub struct Api<B> {
+    storage: Storage<B>,
+}
+
+impl<B: Backend> Api<B> {
+    /// Serves the objects in `backend`.
+    pub fn new(backend: B) -> Arc<Api<B>> {
+        Arc::new(Api {
+            storage: Storage::new(backend),
+        })
+    }
+
+    /// The storage layer.
+    pub fn storage(&self) -> &Storage<B> {
+        &self.storage
+    }
+}
+
+/// The API as an axum router. Requests must carry a [`User`] extension (the TLS layer adds
+/// it); without one they get 401.
+pub fn router<B: Backend>(api: Arc<Api<B>>) -> Router {
+    Router::new().fallback(handle::<B>).with_state(api)
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let (code, _) = e.code_and_reason();
+    let body = serde_json::to_vec(&e.to_status()).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The query parameters the API understands.
+#[derive(Debug, Default)]
+struct Query {
+    watch: bool,
+    resource_version: String,
+    label_selector: Option<LabelSelector>,
+    field_selector: Option<FieldSelector>,
+    timeout_seconds: Option<u64>,
+    dry_run: bool,
+}
+
+fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
+    let mut out = Query::default();
+    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "watch" => out.watch = v == "true" || v == "1",
+            "resourceVersion" => out.resource_version = v.into_owned(),
+            "labelSelector" => out.label_selector = Some(LabelSelector::parse(&v)?),
+            "fieldSelector" => out.field_selector = Some(FieldSelector::parse(&v)?),
+            "timeoutSeconds" => {
+                out.timeout_seconds = Some(v.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("timeoutSeconds {v:?} is not a number"))
+                })?)
+            }
+            "dryRun" => out.dry_run = v == "All",
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// What a path names.
+#[derive(Debug)]
+enum Target {
+    Version,
+    Health,
+    ApiVersions,
+    ApiGroups,
+    Resources(&'static str, &'static str),
+    Collection(&'static Resource, Option<String>),
+    Object(&'static Resource, Option<String>, String, Option<String>),
+}
+
+fn not_found_path(path: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: "path".into(),
+        name: path.into(),
+    }
+}
+
+fn parse_path(path: &str) -> Result<Target, ApiError> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["version"] => return Ok(Target::Version),
+        ["healthz" | "livez" | "readyz", ..] => return Ok(Target::Health),
+        ["api"] => return Ok(Target::ApiVersions),
+        ["apis"] => return Ok(Target::ApiGroups),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(not_found_path(path)),
+    };
+    let (group, version) = resources::group_versions()
+        .into_iter()
+        .find(|(g, v)| *g == group && *v == version)
+        .ok_or_else(|| not_found_path(path))?;
+    let find =
+        |plural: &str| resources::find(group, version, plural).ok_or_else(|| not_found_path(path));
+    Ok(match rest {
+        [] => Target::Resources(group, version),
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            let res = find(plural)?;
+            match tail {
+                [] => Target::Collection(res, Some(ns.to_string())),
+                [name] => Target::Object(res, Some(ns.to_string()), name.to_string(), None),
+                [name, sub] => Target::Object(
+                    res,
+                    Some(ns.to_string()),
+                    name.to_string(),
+                    Some(sub.to_string()),
+                ),
+                _ => return Err(not_found_path(path)),
+            }
+        }
+        [plural] => Target::Collection(find(plural)?, None),
+        [plural, name] => Target::Object(find(plural)?, None, name.to_string(), None),
+        [plural, name, sub] => {
+            Target::Object(find(plural)?, None, name.to_string(), Some(sub.to_string()))
+        }
+        _ => return Err(not_found_path(path)),
+    })
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("as=Table"))
+}
+
+async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Response {
+    if req.extensions().get::<User>().is_none() {
+        return error_response(&ApiError::Unauthorized);
+    }
+    match serve(api, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("limit is {MAX_BODY_BYTES} bytes")))
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice::<Value>(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    // Bodies are JSON. Clients that send protobuf or CBOR retry with JSON on 415.
+    if let Some(ct) = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let ct = ct.split(';').next().unwrap_or("").trim();
+        if !ct.is_empty() && !ct.ends_with("json") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types \
+                 include: application/json, application/json-patch+json, \
+                 application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"
+            )));
+        }
+    }
+    let path = parts.uri.path().to_string();
+    let query = parse_query(parts.uri.query())?;
+    let table = wants_table(&parts.headers);
+    let target = parse_path(&path)?;
+    let method = parts.method.clone();
+    match (method, target) {
+        (Method::GET, Target::Version) => Ok(json_response(StatusCode::OK, &version())),
+        (_, Target::Health) => Ok((StatusCode::OK, "ok").into_response()),
+        (Method::GET, Target::ApiVersions) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
+        )),
+        (Method::GET, Target::ApiGroups) => Ok(json_response(StatusCode::OK, &api_groups())),
+        (Method::GET, Target::Resources(g, v)) => {
+            Ok(json_response(StatusCode::OK, &resource_list(g, v)))
+        }
+        (Method::GET, Target::Collection(res, ns)) if query.watch => {
+            watch(&api, res, ns.as_deref(), &query, table).await
+        }
+        (Method::GET, Target::Collection(res, ns)) => {
+            let items = list(&api, res, ns.as_deref(), &query).await?;
+            let (items, rv) = items;
+            if table {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(res.kind, &items, Some(rv)),
+                ));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
+                        "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+            ))
+        }
+        (Method::POST, Target::Collection(res, ns)) => {
+            let obj = parse_json(&read_body(body).await?)?;
+            if let Some(ns) = ns.as_deref() {
+                require_namespace(&api, ns).await?;
+            }
+            let obj = objects::prepare_create(res, ns.as_deref(), obj)?;
+            if query.dry_run {
+                return Ok(json_response(StatusCode::CREATED, &obj));
+            }
+            let created = api.storage.create(res, ns.as_deref(), &obj).await?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (Method::GET, Target::Object(res, ns, name, None)) => {
+            let obj = api.storage.get(res, ns.as_deref(), &name).await?;
+            if table {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(res.kind, &[obj], None),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        (Method::PUT, Target::Object(res, ns, name, sub)) => {
+            let obj = parse_json(&read_body(body).await?)?;
+            let current = api.storage.get(res, ns.as_deref(), &name).await?;
+            let obj =
+                objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
+            let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
+            Ok(json_response(StatusCode::OK, &updated))
+        }
+        (Method::PATCH, Target::Object(res, ns, name, sub)) => {
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let patch = parse_json(&read_body(body).await?)?;
+            // Retry on conflicts: a patch applies to whatever is current.
+            for _ in 0..5 {
+                let current = api.storage.get(res, ns.as_deref(), &name).await?;
+                let patched = objects::apply_patch(&content_type, &current, &patch)?;
+                let obj = objects::prepare_update(
+                    res,
+                    ns.as_deref(),
+                    &name,
+                    sub.as_deref(),
+                    &current,
+                    patched,
+                )?;
+                match api.storage.update(res, ns.as_deref(), &obj).await {
+                    Err(ApiError::Conflict { .. })
+                        if resource_version(&patch_rv(&patch)).unwrap_or(0) == 0 =>
+                    {
+                        continue
+                    }
+                    other => return Ok(json_response(StatusCode::OK, &other?)),
+                }
+            }
+            Err(ApiError::Conflict {
+                kind: res.plural.into(),
+                name,
+            })
+        }
+        (Method::DELETE, Target::Object(res, ns, name, None)) => {
+            let expected = delete_precondition(body).await?;
+            if res.kind == "Namespace" {
+                delete_namespace_contents(&api, &name).await?;
+            }
+            let gone = api
+                .storage
+                .delete(res, ns.as_deref(), &name, expected)
+                .await?;
+            Ok(json_response(StatusCode::OK, &gone))
+        }
+        (Method::DELETE, Target::Collection(res, ns)) => {
+            let (items, _) = list(&api, res, ns.as_deref(), &query).await?;
+            let mut deleted = Vec::new();
+            for item in items {
+                let name = item
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let item_ns = item
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                match api
+                    .storage
+                    .delete(res, item_ns.as_deref(), &name, None)
+                    .await
+                {
+                    Ok(o) => deleted.push(o),
+                    Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
+                        "metadata": {}, "items": deleted}),
+            ))
+        }
+        (m, _) => Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow method {m} on {path}"
+        ))),
+    }
+}
+
+fn patch_rv(patch: &Value) -> Value {
+    json!({"metadata": {"resourceVersion": patch.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))}})
+}
+
+/// A DeleteOptions body's `preconditions.resourceVersion`, if any.
+async fn delete_precondition(body: Body) -> Result<Option<u64>, ApiError> {
+    let bytes = read_body(body).await?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let opts = parse_json(&bytes)?;
+    match opts
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        Some(rv) => Ok(Some(
+            crate::registry::parse_resource_version(rv).map_err(ApiError::BadRequest)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+async fn require_namespace<B: Backend>(api: &Api<B>, ns: &str) -> Result<(), ApiError> {
+    let res = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    match api.storage.get(res, None, ns).await {
+        Ok(n) if n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
+            Err(ApiError::Forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(ApiError::NotFound { .. }) => Err(ApiError::NotFound {
+            kind: "namespaces".into(),
+            name: ns.into(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes everything in namespace `ns` before the namespace itself goes.
+async fn delete_namespace_contents<B: Backend>(api: &Api<B>, ns: &str) -> Result<(), ApiError> {
+    for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let (items, _) = api.storage.list(res, Some(ns)).await?;
+        for item in items {
+            let name = item
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match api.storage.delete(res, Some(ns), name, None).await {
+                Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn selected(q: &Query, obj: &Value) -> bool {
+    q.label_selector
+        .as_ref()
+        .is_none_or(|s| s.matches(obj.pointer("/metadata/labels")))
+        && q.field_selector.as_ref().is_none_or(|s| s.matches(obj))
+}
+
+async fn list<B: Backend>(
+    api: &Api<B>,
+    res: &Resource,
+    ns: Option<&str>,
+    q: &Query,
+) -> Result<(Vec<Value>, u64), ApiError> {
+    let (items, rv) = api.storage.list(res, ns).await?;
+    Ok((items.into_iter().filter(|o| selected(q, o)).collect(), rv))
+}
+
+/// A watch: newline-delimited JSON events, first the current objects as ADDED when no
+/// resourceVersion (or "0") is given, then every change.
+async fn watch<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+    table: bool,
+) -> Result<Response, ApiError> {
+    let from = crate::registry::parse_resource_version(&q.resource_version)
+        .map_err(ApiError::BadRequest)?;
+    let mut initial = Vec::new();
+    let after = if from == 0 {
+        let (items, rv) = list(api, res, ns, q).await?;
+        initial = items;
+        rv
+    } else {
+        from
+    };
+    let mut changes = api.storage.watch(res, ns, after);
+    let deadline = q
+        .timeout_seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let filter = Query {
+        label_selector: q.label_selector.clone(),
+        field_selector: q.field_selector.clone(),
+        ..Default::default()
+    };
+    let encode = move |kind: &str, obj: &Value| -> Bytes {
+        let object = if table {
+            table::table(res.kind, std::slice::from_ref(obj), None)
+        } else {
+            obj.clone()
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        for obj in &initial {
+            if tx.send(Ok(encode("ADDED", obj))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, changes.recv()).await {
+                    Ok(c) => c,
+                    Err(_) => return,
+                },
+                None => changes.recv().await,
+            };
+            let Some(change) = next else { return };
+            let line = match change {
+                Change::Object(kind, obj) if selected(&filter, &obj) => encode(kind, &obj),
+                Change::Object(..) => continue,
+                Change::Expired(e) => {
+                    let status = serde_json::to_value(e.to_status()).unwrap_or_default();
+                    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status}))
+                        .unwrap_or_default();
+                    line.push(b'\n');
+                    let _ = tx.send(Ok(Bytes::from(line))).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::TRANSFER_ENCODING, "chunked"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn version() -> Value {
+    let (major, minor) = KUBE_VERSION;
+    json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0-flotilla.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    })
+}
+
+fn api_groups() -> Value {
+    let groups: Vec<Value> = resources::group_versions()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn resource_list(group: &str, version: &str) -> Value {
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    let resources: Vec<Value> = resources::in_group_version(group, version)
+        .map(|r| {
+            json!({
+                "name": r.plural,
+                "singularName": r.singular,
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": VERBS,
+                "shortNames": r.short_names,
+            })
+        })
+        .collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_collections_objects_and_subresources() {
+        assert!(
+            matches!(parse_path("/api/v1/pods"), Ok(Target::Collection(r, None)) if r.plural == "pods")
+        );
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/default/pods"),
+            Ok(Target::Collection(r, Some(ns))) if r.plural == "pods" && ns == "default"
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/default"),
+            Ok(Target::Object(r, None, n, None)) if r.plural == "namespaces" && n == "default"
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/x/finalize"),
+            Ok(Target::Object(r, None, n, Some(s))) if r.plural == "namespaces" && n == "x" && s == "finalize"
+        ));
+        assert!(matches!(
+            parse_path("/apis/apps/v1/namespaces/d/deployments/web/scale"),
+            Ok(Target::Object(r, Some(_), n, Some(s))) if r.kind == "Deployment" && n == "web" && s == "scale"
+        ));
+        assert!(matches!(
+            parse_path("/apis/apps/v1"),
+            Ok(Target::Resources("apps", "v1"))
+        ));
+        assert!(parse_path("/apis/nope/v1/things").is_err());
+        assert!(parse_path("/api/v1/widgets").is_err());
+    }
+}

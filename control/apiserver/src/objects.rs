@@ -1,0 +1,370 @@
+//! What the API server does to an object before it is stored: server-set metadata
+//! (uid, creationTimestamp, generation, generateName), checks that the body belongs at its
+//! URL, name validation, and patches.
+
+use serde_json::{json, Value};
+
+use crate::resources::Resource;
+use crate::status::ApiError;
+
+fn invalid(res: &Resource, name: &str, field: &str, message: String) -> ApiError {
+    ApiError::Invalid {
+        kind: res.kind.into(),
+        name: name.into(),
+        causes: vec![(field.into(), message)],
+    }
+}
+
+/// Whether `name` is a DNS-1123 subdomain (what most object names must be).
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn random_suffix(n: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn uid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+}
+
+/// Checks that `obj` is a `res` object that belongs in namespace `ns`.
+fn check_kind(res: &Resource, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        Some(k) if k != res.kind => {
+            return Err(ApiError::BadRequest(format!(
+                "the body is a {k}, but the URL names {} (kind {})",
+                res.plural, res.kind
+            )))
+        }
+        _ => {}
+    }
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v != res.api_version() => {
+            return Err(ApiError::BadRequest(format!(
+                "the body has apiVersion {v}, but the URL names {}",
+                res.api_version()
+            )))
+        }
+        _ => {}
+    }
+    obj["kind"] = json!(res.kind);
+    obj["apiVersion"] = json!(res.api_version());
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    let body_ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .map(String::from);
+    match (res.namespaced, ns, body_ns) {
+        (true, Some(url), Some(body)) if body != url => Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
+        (true, Some(url), _) => {
+            obj["metadata"]["namespace"] = json!(url);
+            Ok(())
+        }
+        (true, None, _) => Err(ApiError::BadRequest(format!(
+            "{} are namespaced: create them under /namespaces/<namespace>/{}",
+            res.plural, res.plural
+        ))),
+        (false, _, _) => {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("namespace");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Prepares a new object for storage: kind and namespace checks, `generateName`, name
+/// validation, uid, creationTimestamp, generation, and the defaults Kubernetes sets.
+pub fn prepare_create(res: &Resource, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+    check_kind(res, ns, &mut obj)?;
+    let meta = obj["metadata"].as_object_mut().expect("checked above");
+    let mut name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if name.is_empty() {
+        match meta.get("generateName").and_then(Value::as_str) {
+            Some(prefix) if !prefix.is_empty() => {
+                name = format!("{prefix}{}", random_suffix(5));
+                meta.insert("name".into(), json!(name));
+            }
+            _ => {
+                return Err(invalid(
+                    res,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required".into(),
+                ))
+            }
+        }
+    }
+    if !is_dns1123_subdomain(&name) {
+        return Err(invalid(
+            res,
+            &name,
+            "metadata.name",
+            format!(
+                "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case \
+                 alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            ),
+        ));
+    }
+    meta.insert("uid".into(), json!(uid()));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+    if obj.get("spec").is_some() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    if res.kind == "Namespace" {
+        obj["status"] = json!({"phase": "Active"});
+        if obj.pointer("/spec/finalizers").is_none() {
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        }
+    }
+    if res.kind == "Secret" && obj.get("type").is_none() {
+        obj["type"] = json!("Opaque");
+    }
+    Ok(obj)
+}
+
+/// Prepares a replacement of `current` (what is stored) by `obj`: same name, immutable
+/// metadata kept, generation bumped when the spec changes. `sub` is the subresource
+/// (`status` replaces only the status; the main resource keeps the stored status).
+pub fn prepare_update(
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    current: &Value,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
+    check_kind(res, ns, &mut obj)?;
+    let body_name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    obj["metadata"]["name"] = json!(name);
+    for keep in ["uid", "creationTimestamp", "deletionTimestamp"] {
+        match current.pointer(&format!("/metadata/{keep}")) {
+            Some(v) => obj["metadata"][keep] = v.clone(),
+            None => {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove(keep);
+                }
+            }
+        }
+    }
+    let out = match sub {
+        None => {
+            if let Some(status) = current.get("status") {
+                if res.kind != "Namespace" || obj.get("status").is_none() {
+                    obj["status"] = status.clone();
+                }
+            }
+            let generation = current
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64);
+            if let Some(g) = generation {
+                let changed = current.get("spec") != obj.get("spec");
+                obj["metadata"]["generation"] = json!(if changed { g + 1 } else { g });
+            }
+            obj
+        }
+        Some("status") => {
+            let mut next = current.clone();
+            next["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
+            if let Some(rv) = obj.pointer("/metadata/resourceVersion") {
+                next["metadata"]["resourceVersion"] = rv.clone();
+            }
+            next
+        }
+        Some(other) => {
+            return Err(ApiError::NotFound {
+                kind: format!("{}/{other}", res.plural),
+                name: name.into(),
+            })
+        }
+    };
+    Ok(out)
+}
+
+/// Applies a PATCH body to `current`, by content type: JSON patch (RFC 6902), JSON merge
+/// patch (RFC 7386), or strategic merge patch — which for now merges like a JSON merge patch
+/// (lists are replaced, not merged by key).
+// FIXME(issue 4): strategic merge patch with the built-in types' merge keys and directives.
+pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let mut doc = current.clone();
+    let ct = content_type.split(';').next().unwrap_or("").trim();
+    match ct {
+        "application/json-patch+json" => {
+            let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(&mut doc, &p).map_err(|e| ApiError::Invalid {
+                kind: current["kind"].as_str().unwrap_or("").into(),
+                name: current
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into(),
+                causes: vec![("patch".into(), e.to_string())],
+            })?;
+        }
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            json_patch::merge(&mut doc, patch);
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format ({other:?}) - accepted media \
+                 types include: application/json-patch+json, application/merge-patch+json, \
+                 application/strategic-merge-patch+json"
+            )))
+        }
+    }
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources;
+
+    #[test]
+    fn create_sets_server_fields_and_checks_the_body() {
+        let cms = resources::find("", "v1", "configmaps").unwrap();
+        let o = prepare_create(
+            cms,
+            Some("default"),
+            json!({"metadata": {"generateName": "x-"}}),
+        )
+        .unwrap();
+        let name = o["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("x-") && name.len() == 7, "{name}");
+        assert_eq!(o["kind"], "ConfigMap");
+        assert_eq!(o["metadata"]["namespace"], "default");
+        assert_eq!(o["metadata"]["uid"].as_str().unwrap().len(), 36);
+        assert!(o["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z'));
+        let bad = prepare_create(
+            cms,
+            Some("default"),
+            json!({"metadata": {"name": "Bad_Name"}}),
+        );
+        assert!(matches!(bad, Err(ApiError::Invalid { .. })), "{bad:?}");
+        let wrong_kind = prepare_create(
+            cms,
+            Some("default"),
+            json!({"kind": "Secret", "metadata": {"name": "a"}}),
+        );
+        assert!(matches!(wrong_kind, Err(ApiError::BadRequest(_))));
+        let wrong_ns = prepare_create(
+            cms,
+            Some("default"),
+            json!({"metadata": {"name": "a", "namespace": "kube-system"}}),
+        );
+        assert!(matches!(wrong_ns, Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn updates_keep_immutable_metadata_and_count_spec_changes() {
+        let deploys = resources::find("apps", "v1", "deployments").unwrap();
+        let current = prepare_create(
+            deploys,
+            Some("d"),
+            json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}}),
+        )
+        .unwrap();
+        let mut next =
+            json!({"metadata": {"name": "web", "uid": "forged"}, "spec": {"replicas": 3}});
+        next = prepare_update(deploys, Some("d"), "web", None, &current, next).unwrap();
+        assert_eq!(next["metadata"]["uid"], current["metadata"]["uid"]);
+        assert_eq!(next["metadata"]["generation"], 2);
+        let renamed = prepare_update(
+            deploys,
+            Some("d"),
+            "web",
+            None,
+            &current,
+            json!({"metadata": {"name": "other"}}),
+        );
+        assert!(matches!(renamed, Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn patches_by_content_type() {
+        let cur = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}});
+        let merged = apply_patch(
+            "application/merge-patch+json",
+            &cur,
+            &json!({"metadata": {"labels": {"y": "2", "x": null}}}),
+        )
+        .unwrap();
+        assert_eq!(merged["metadata"]["labels"], json!({"y": "2"}));
+        let patched = apply_patch(
+            "application/json-patch+json",
+            &cur,
+            &json!([{"op": "replace", "path": "/data/k", "value": "w"}]),
+        )
+        .unwrap();
+        assert_eq!(patched["data"]["k"], "w");
+        assert!(apply_patch(
+            "application/json-patch+json",
+            &cur,
+            &json!([{"op": "remove", "path": "/nope"}])
+        )
+        .is_err());
+        assert!(matches!(
+            apply_patch("text/plain", &cur, &json!({})),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+    }
+}

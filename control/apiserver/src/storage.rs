@@ -1,0 +1,530 @@
+//! API objects in the store: JSON documents under `/registry/...`, with Kubernetes' optimistic
+//! concurrency on top of the store's revisions.
+//!
+//! An object is stored without its `resourceVersion`; reads set it to the key's
+//! `mod_revision`. Create is a transaction "key absent → put"; update and delete compare the
+//! key's `mod_revision` with the `resourceVersion` the client sent (a stale one is 409
+//! Conflict). Everything works on any [`Backend`]: the Raft store member in `flotilla server`,
+//! a bare MVCC store in tests.
+
+use std::sync::Arc;
+
+use flotilla_store::etcd::KvBackend;
+use flotilla_store::types::{
+    Compare, CompareOp, CompareTarget, DeleteRequest, Op, OpResponse, PutRequest, RangeRequest,
+    TxnRequest,
+};
+use flotilla_store::watch::{WatchHub, WatchMessage, WatchRequest};
+use flotilla_store::{KeyRange, Mvcc, StoreError};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::registry::{self, Scope};
+use crate::resources::Resource;
+use crate::status::ApiError;
+
+/// What the API server needs from the store: transactions, ranges and watches.
+pub trait Backend: KvBackend + Clone {
+    /// Watches `req` from this member's applied state.
+    fn watch(&self, req: WatchRequest) -> mpsc::Receiver<WatchMessage>;
+}
+
+impl Backend for flotilla_store::raft::node::StoreNode {
+    fn watch(&self, req: WatchRequest) -> mpsc::Receiver<WatchMessage> {
+        self.watch_hub().watch(req, WATCH_BUFFER)
+    }
+}
+
+const WATCH_BUFFER: usize = 256;
+
+/// A single MVCC store with its watch hub: a [`Backend`] without replication, for tests.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    mvcc: Arc<Mvcc>,
+    hub: WatchHub,
+}
+
+impl LocalBackend {
+    /// Serves `mvcc`.
+    pub fn new(mvcc: Arc<Mvcc>) -> Result<LocalBackend, StoreError> {
+        Ok(LocalBackend {
+            hub: WatchHub::new(mvcc.clone())?,
+            mvcc,
+        })
+    }
+}
+
+impl KvBackend for LocalBackend {
+    async fn range(
+        &self,
+        req: RangeRequest,
+        _serializable: bool,
+    ) -> Result<
+        (
+            flotilla_store::types::Header,
+            flotilla_store::types::RangeResponse,
+        ),
+        StoreError,
+    > {
+        Mvcc::range(&self.mvcc, &req)
+    }
+
+    async fn txn(
+        &self,
+        req: TxnRequest,
+    ) -> Result<
+        (
+            flotilla_store::types::Header,
+            flotilla_store::types::TxnResponse,
+        ),
+        StoreError,
+    > {
+        let (h, r, events) = Mvcc::txn(&self.mvcc, &req)?;
+        if !events.is_empty() {
+            self.hub.notify(h.revision, events);
+        }
+        Ok((h, r))
+    }
+
+    async fn compact(&self, revision: u64) -> Result<flotilla_store::types::Header, StoreError> {
+        Mvcc::compact(&self.mvcc, revision)
+    }
+}
+
+impl Backend for LocalBackend {
+    fn watch(&self, req: WatchRequest) -> mpsc::Receiver<WatchMessage> {
+        self.hub.watch(req, WATCH_BUFFER)
+    }
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// `ADDED`, `MODIFIED` or `DELETED`, with the object as of the change.
+    Object(&'static str, Value),
+    /// History before the watch's start was compacted.
+    Expired(ApiError),
+}
+
+/// The objects of one resource in the store.
+#[derive(Debug, Clone)]
+pub struct Storage<B> {
+    backend: B,
+}
+
+fn internal(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::Gone {
+            requested,
+            compacted,
+        },
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn key_of(res: &Resource, ns: Option<&str>, name: &str) -> Vec<u8> {
+    registry::object_key(res.plural, ns.filter(|_| res.namespaced), name).into_bytes()
+}
+
+fn not_found(res: &Resource, name: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: resource_ref(res),
+        name: name.into(),
+    }
+}
+
+/// `pods` or `deployments.apps`, as Kubernetes names a resource in messages.
+fn resource_ref(res: &Resource) -> String {
+    if res.group.is_empty() {
+        res.plural.to_string()
+    } else {
+        format!("{}.{}", res.plural, res.group)
+    }
+}
+
+/// Decodes a stored object and stamps its resourceVersion.
+fn decode(value: &[u8], mod_revision: u64) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(value)
+        .map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}")))?;
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(mod_revision.to_string()));
+    }
+    Ok(obj)
+}
+
+/// The object as stored: without resourceVersion (the store's revision is the truth).
+fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut stored = obj.clone();
+    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&stored).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// An object's `metadata.resourceVersion`, parsed (0 when absent).
+pub fn resource_version(obj: &Value) -> Result<u64, ApiError> {
+    let rv = obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    registry::parse_resource_version(rv).map_err(ApiError::BadRequest)
+}
+
+impl<B: Backend> Storage<B> {
+    /// Objects kept in `backend`.
+    pub fn new(backend: B) -> Storage<B> {
+        Storage { backend }
+    }
+
+    /// The store's current revision (linearizable).
+    pub async fn revision(&self) -> Result<u64, ApiError> {
+        let mut req = RangeRequest::new(KeyRange::Single(b"/registry".to_vec()));
+        req.count_only = true;
+        let (h, _) = self.backend.range(req, false).await.map_err(internal)?;
+        Ok(h.revision)
+    }
+
+    /// One object.
+    pub async fn get(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        let req = RangeRequest::new(KeyRange::Single(key_of(res, ns, name)));
+        let (_, resp) = self.backend.range(req, false).await.map_err(internal)?;
+        let kv = resp.kvs.first().ok_or_else(|| not_found(res, name))?;
+        decode(&kv.value, kv.mod_revision)
+    }
+
+    /// Every object of `res` in `ns` (all namespaces if `None`) and the revision read at.
+    pub async fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+    ) -> Result<(Vec<Value>, u64), ApiError> {
+        let scope = match ns.filter(|_| res.namespaced) {
+            Some(ns) => Scope::Namespace(ns),
+            None => Scope::All,
+        };
+        let req = RangeRequest::new(registry::list_range(res.plural, scope));
+        let (h, resp) = self.backend.range(req, false).await.map_err(internal)?;
+        let items = resp
+            .kvs
+            .iter()
+            .map(|kv| decode(&kv.value, kv.mod_revision))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((items, h.revision))
+    }
+
+    /// Creates `obj` (named by its `metadata.name`); 409 AlreadyExists if the name is taken.
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        obj: &Value,
+    ) -> Result<Value, ApiError> {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let key = key_of(res, ns, name);
+        let txn = TxnRequest {
+            compares: vec![Compare {
+                range: KeyRange::Single(key.clone()),
+                target: CompareTarget::CreateRevision(0),
+                op: CompareOp::Equal,
+            }],
+            success: vec![Op::Put(PutRequest {
+                key,
+                value: encode(obj)?,
+                ..Default::default()
+            })],
+            failure: vec![],
+        };
+        let (h, resp) = self.backend.txn(txn).await.map_err(internal)?;
+        if !resp.succeeded {
+            return Err(ApiError::AlreadyExists {
+                kind: resource_ref(res),
+                name: name.into(),
+            });
+        }
+        let mut created = obj.clone();
+        stamp(&mut created, h.revision);
+        Ok(created)
+    }
+
+    /// Replaces the object named by `obj`. With a `resourceVersion` in `obj`, only if it is
+    /// still current (else 409 Conflict); without one, unconditionally. 404 if absent.
+    pub async fn update(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        obj: &Value,
+    ) -> Result<Value, ApiError> {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let key = key_of(res, ns, name);
+        let expected = resource_version(obj)?;
+        let mut compares = vec![Compare {
+            range: KeyRange::Single(key.clone()),
+            target: CompareTarget::CreateRevision(0),
+            op: CompareOp::Greater,
+        }];
+        if expected != 0 {
+            compares.push(Compare {
+                range: KeyRange::Single(key.clone()),
+                target: CompareTarget::ModRevision(expected),
+                op: CompareOp::Equal,
+            });
+        }
+        let txn = TxnRequest {
+            compares,
+            success: vec![Op::Put(PutRequest {
+                key: key.clone(),
+                value: encode(obj)?,
+                ..Default::default()
+            })],
+            failure: vec![Op::Range(RangeRequest::new(KeyRange::Single(key)))],
+        };
+        let (h, resp) = self.backend.txn(txn).await.map_err(internal)?;
+        if !resp.succeeded {
+            let exists =
+                matches!(resp.responses.first(), Some(OpResponse::Range(r)) if !r.kvs.is_empty());
+            return Err(if exists {
+                ApiError::Conflict {
+                    kind: resource_ref(res),
+                    name: name.into(),
+                }
+            } else {
+                not_found(res, name)
+            });
+        }
+        let mut updated = obj.clone();
+        stamp(&mut updated, h.revision);
+        Ok(updated)
+    }
+
+    /// Deletes an object; with `expected` (a resourceVersion precondition), only if current.
+    /// Returns the object as it was.
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        expected: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let key = key_of(res, ns, name);
+        let mut compares = vec![Compare {
+            range: KeyRange::Single(key.clone()),
+            target: CompareTarget::CreateRevision(0),
+            op: CompareOp::Greater,
+        }];
+        if let Some(rv) = expected {
+            compares.push(Compare {
+                range: KeyRange::Single(key.clone()),
+                target: CompareTarget::ModRevision(rv),
+                op: CompareOp::Equal,
+            });
+        }
+        let txn = TxnRequest {
+            compares,
+            success: vec![Op::Delete(DeleteRequest {
+                range: KeyRange::Single(key.clone()),
+                prev_kv: true,
+            })],
+            failure: vec![Op::Range(RangeRequest::new(KeyRange::Single(key)))],
+        };
+        let (_, resp) = self.backend.txn(txn).await.map_err(internal)?;
+        match resp.responses.first() {
+            Some(OpResponse::Delete(d)) if resp.succeeded => {
+                let prev = d.prev_kvs.first().ok_or_else(|| not_found(res, name))?;
+                decode(&prev.value, prev.mod_revision)
+            }
+            Some(OpResponse::Range(r)) if !r.kvs.is_empty() => Err(ApiError::Conflict {
+                kind: resource_ref(res),
+                name: name.into(),
+            }),
+            _ => Err(not_found(res, name)),
+        }
+    }
+
+    /// Changes to `res` in `ns` after revision `after` (0: from now), in revision order.
+    pub fn watch(&self, res: &Resource, ns: Option<&str>, after: u64) -> mpsc::Receiver<Change> {
+        let scope = match ns.filter(|_| res.namespaced) {
+            Some(ns) => Scope::Namespace(ns),
+            None => Scope::All,
+        };
+        let mut rx = self.backend.watch(WatchRequest {
+            range: registry::list_range(res.plural, scope),
+            start_revision: if after == 0 { 0 } else { after + 1 },
+            prev_kv: true,
+            no_put: false,
+            no_delete: false,
+        });
+        let (tx, out) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let changes = match msg {
+                    WatchMessage::Events { events, .. } => events
+                        .into_iter()
+                        .filter_map(|e| change_of(&e))
+                        .collect::<Vec<_>>(),
+                    WatchMessage::Compacted { compact_revision } => {
+                        vec![Change::Expired(ApiError::Gone {
+                            requested: after,
+                            compacted: compact_revision,
+                        })]
+                    }
+                    WatchMessage::Failed(why) => {
+                        vec![Change::Expired(ApiError::Internal(why))]
+                    }
+                };
+                for c in changes {
+                    let end = matches!(c, Change::Expired(_));
+                    if tx.send(c).await.is_err() || end {
+                        return;
+                    }
+                }
+            }
+        });
+        out
+    }
+}
+
+/// Sets `metadata.resourceVersion` to `revision`.
+fn stamp(obj: &mut Value, revision: u64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+}
+
+fn change_of(e: &flotilla_store::types::Event) -> Option<Change> {
+    use flotilla_store::types::EventKind;
+    match e.kind {
+        EventKind::Put => {
+            let kind = if e.kv.create_revision == e.kv.mod_revision {
+                "ADDED"
+            } else {
+                "MODIFIED"
+            };
+            decode(&e.kv.value, e.kv.mod_revision)
+                .ok()
+                .map(|o| Change::Object(kind, o))
+        }
+        EventKind::Delete => {
+            let prev = e.prev_kv.as_ref()?;
+            // A deleted object carries the deletion's revision.
+            decode(&prev.value, e.kv.mod_revision)
+                .ok()
+                .map(|o| Change::Object("DELETED", o))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources;
+
+    fn storage(name: &str) -> (Storage<LocalBackend>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "flotilla-api-storage-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mvcc = Arc::new(Mvcc::open(&dir, Default::default()).unwrap());
+        (Storage::new(LocalBackend::new(mvcc).unwrap()), dir)
+    }
+
+    fn cm(name: &str, data: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "default"}, "data": {"k": data}})
+    }
+
+    #[tokio::test]
+    async fn create_get_update_delete_with_optimistic_concurrency() {
+        let (s, dir) = storage("crud");
+        let res = resources::find("", "v1", "configmaps").unwrap();
+        let ns = Some("default");
+        let created = s.create(res, ns, &cm("a", "1")).await.unwrap();
+        let rv = resource_version(&created).unwrap();
+        assert!(rv > 0);
+        assert!(matches!(
+            s.create(res, ns, &cm("a", "1")).await,
+            Err(ApiError::AlreadyExists { .. })
+        ));
+        let got = s.get(res, ns, "a").await.unwrap();
+        assert_eq!(got["data"]["k"], "1");
+        assert_eq!(resource_version(&got).unwrap(), rv);
+
+        // An update with the current resourceVersion wins; the same one again is stale.
+        let mut next = got.clone();
+        next["data"]["k"] = json!("2");
+        let updated = s.update(res, ns, &next).await.unwrap();
+        assert!(resource_version(&updated).unwrap() > rv);
+        assert!(matches!(
+            s.update(res, ns, &next).await,
+            Err(ApiError::Conflict { .. })
+        ));
+        assert!(matches!(
+            s.update(res, ns, &cm("missing", "x")).await,
+            Err(ApiError::NotFound { .. })
+        ));
+
+        let (items, list_rv) = s.list(res, ns).await.unwrap();
+        assert_eq!(items.len(), 1);
+        assert!(list_rv >= resource_version(&updated).unwrap());
+        assert!(s.list(res, Some("other")).await.unwrap().0.is_empty());
+
+        assert!(matches!(
+            s.delete(res, ns, "a", Some(rv)).await,
+            Err(ApiError::Conflict { .. })
+        ));
+        let gone = s.delete(res, ns, "a", None).await.unwrap();
+        assert_eq!(gone["data"]["k"], "2");
+        assert!(matches!(
+            s.get(res, ns, "a").await,
+            Err(ApiError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.delete(res, ns, "a", None).await,
+            Err(ApiError::NotFound { .. })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn watches_replay_from_a_resource_version_then_follow() {
+        let (s, dir) = storage("watch");
+        let res = resources::find("", "v1", "configmaps").unwrap();
+        let ns = Some("default");
+        let first = s.create(res, ns, &cm("a", "1")).await.unwrap();
+        let rv = resource_version(&first).unwrap();
+        let mut w = s.watch(res, ns, rv);
+        let mut b = cm("a", "2");
+        b["metadata"]["resourceVersion"] = json!(rv.to_string());
+        s.update(res, ns, &b).await.unwrap();
+        s.create(res, Some("other"), &cm("elsewhere", "x"))
+            .await
+            .unwrap();
+        s.delete(res, ns, "a", None).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            match w.recv().await.unwrap() {
+                Change::Object(t, o) => seen.push((t, o["data"]["k"].clone())),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![("MODIFIED", json!("2")), ("DELETED", json!("2"))]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

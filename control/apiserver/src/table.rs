@@ -1,0 +1,420 @@
+//! `as=Table` responses: the columns `kubectl get` prints for each kind, computed on the
+//! server as Kubernetes does (without a Table, kubectl shows only NAME and AGE).
+
+use serde_json::{json, Value};
+
+/// One column: header, type, and whether only `-o wide` shows it (priority 1).
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    wide: bool,
+}
+
+const fn col(name: &'static str, kind: &'static str) -> Column {
+    Column {
+        name,
+        kind,
+        wide: false,
+    }
+}
+
+const fn wide(name: &'static str, kind: &'static str) -> Column {
+    Column {
+        name,
+        kind,
+        wide: true,
+    }
+}
+
+fn columns(kind: &str) -> Vec<Column> {
+    let name = col("Name", "string");
+    let age = col("Age", "string");
+    match kind {
+        "Pod" => vec![
+            name,
+            col("Ready", "string"),
+            col("Status", "string"),
+            col("Restarts", "string"),
+            age,
+            wide("IP", "string"),
+            wide("Node", "string"),
+        ],
+        "Namespace" => vec![name, col("Status", "string"), age],
+        "ConfigMap" => vec![name, col("Data", "integer"), age],
+        "Secret" => vec![name, col("Type", "string"), col("Data", "integer"), age],
+        "Deployment" => vec![
+            name,
+            col("Ready", "string"),
+            col("Up-to-date", "integer"),
+            col("Available", "integer"),
+            age,
+        ],
+        "ReplicaSet" => vec![
+            name,
+            col("Desired", "integer"),
+            col("Current", "integer"),
+            col("Ready", "integer"),
+            age,
+        ],
+        "Service" => vec![
+            name,
+            col("Type", "string"),
+            col("Cluster-IP", "string"),
+            col("External-IP", "string"),
+            col("Port(s)", "string"),
+            age,
+        ],
+        "Node" => vec![
+            name,
+            col("Status", "string"),
+            col("Roles", "string"),
+            age,
+            col("Version", "string"),
+        ],
+        "Endpoints" => vec![name, col("Endpoints", "string"), age],
+        "Lease" => vec![name, col("Holder", "string"), age],
+        "Job" => vec![
+            name,
+            col("Status", "string"),
+            col("Completions", "string"),
+            age,
+        ],
+        "Event" => vec![
+            col("Last Seen", "string"),
+            col("Type", "string"),
+            col("Reason", "string"),
+            col("Object", "string"),
+            col("Message", "string"),
+        ],
+        _ => vec![name, age],
+    }
+}
+
+fn s(v: &Value, p: &str) -> String {
+    match v.pointer(p) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn n(v: &Value, p: &str) -> i64 {
+    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(x: String) -> String {
+    if x.is_empty() {
+        "<none>".into()
+    } else {
+        x
+    }
+}
+
+/// Kubernetes' short age format: `45s`, `12m`, `5h`, `3d`, `2y`.
+pub fn human_age(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3600 * 2 => format!("{}m", s / 60),
+        s if s < 86_400 * 2 => format!("{}h", s / 3600),
+        s if s < 86_400 * 365 * 2 => format!("{}d", s / 86_400),
+        s => format!("{}y", s / (86_400 * 365)),
+    }
+}
+
+fn age(obj: &Value, now: jiff::Timestamp) -> String {
+    obj.pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or_else(
+            || "<unknown>".into(),
+            |t| human_age(now.as_second() - t.as_second()),
+        )
+}
+
+fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    let name = json!(s(o, "/metadata/name"));
+    let age = json!(age(o, now));
+    match kind {
+        "Pod" => {
+            let statuses = o
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = o
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let ready = statuses
+                .iter()
+                .filter(|c| c["ready"].as_bool() == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+                .sum();
+            let mut status = s(o, "/status/phase");
+            if let Some(reason) = statuses
+                .iter()
+                .find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str))
+            {
+                status = reason.to_string();
+            }
+            if o.pointer("/metadata/deletionTimestamp").is_some() {
+                status = "Terminating".into();
+            }
+            if status.is_empty() {
+                status = "Pending".into();
+            }
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts.to_string()),
+                age,
+                json!(or_none(s(o, "/status/podIP"))),
+                json!(or_none(s(o, "/spec/nodeName"))),
+            ]
+        }
+        "Namespace" => {
+            let phase = s(o, "/status/phase");
+            vec![
+                name,
+                json!(if phase.is_empty() {
+                    "Active".into()
+                } else {
+                    phase
+                }),
+                age,
+            ]
+        }
+        "ConfigMap" => {
+            let count = ["/data", "/binaryData"]
+                .iter()
+                .filter_map(|p| o.pointer(p).and_then(Value::as_object))
+                .map(|m| m.len())
+                .sum::<usize>();
+            vec![name, json!(count), age]
+        }
+        "Secret" => {
+            let count = o
+                .pointer("/data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len());
+            vec![name, json!(s(o, "/type")), json!(count), age]
+        }
+        "Deployment" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                o.pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            )),
+            json!(n(o, "/status/updatedReplicas")),
+            json!(n(o, "/status/availableReplicas")),
+            age,
+        ],
+        "ReplicaSet" => vec![
+            name,
+            json!(o
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)),
+            json!(n(o, "/status/replicas")),
+            json!(n(o, "/status/readyReplicas")),
+            age,
+        ],
+        "Service" => {
+            let ports = o
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            let proto = p["protocol"].as_str().unwrap_or("TCP");
+                            match p["nodePort"].as_i64() {
+                                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                                None => format!("{}/{proto}", p["port"]),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let ty = s(o, "/spec/type");
+            vec![
+                name,
+                json!(if ty.is_empty() {
+                    "ClusterIP".into()
+                } else {
+                    ty
+                }),
+                json!(or_none(s(o, "/spec/clusterIP"))),
+                json!("<none>"),
+                json!(or_none(ports)),
+                age,
+            ]
+        }
+        "Node" => {
+            let ready = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map_or("Unknown", |c| {
+                    if c["status"] == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                });
+            vec![
+                name,
+                json!(ready),
+                json!("<none>"),
+                age,
+                json!(s(o, "/status/nodeInfo/kubeletVersion")),
+            ]
+        }
+        "Endpoints" => {
+            let eps: Vec<String> = o
+                .pointer("/subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|ss| {
+                    let ports: Vec<i64> = ss["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["port"].as_i64())
+                        .collect();
+                    ss["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(move |a| {
+                            let ip = a["ip"].as_str().unwrap_or("").to_string();
+                            ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            vec![name, json!(or_none(eps.join(","))), age]
+        }
+        "Lease" => vec![name, json!(or_none(s(o, "/spec/holderIdentity"))), age],
+        "Job" => vec![
+            name,
+            json!(if n(o, "/status/succeeded") > 0 {
+                "Complete"
+            } else {
+                "Running"
+            }),
+            json!(format!(
+                "{}/{}",
+                n(o, "/status/succeeded"),
+                o.pointer("/spec/completions")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            )),
+            age,
+        ],
+        "Event" => vec![
+            json!(age),
+            json!(s(o, "/type")),
+            json!(s(o, "/reason")),
+            json!(format!(
+                "{}/{}",
+                s(o, "/involvedObject/kind").to_lowercase(),
+                s(o, "/involvedObject/name")
+            )),
+            json!(s(o, "/message")),
+        ],
+        _ => vec![name, age],
+    }
+}
+
+/// The partial object a row carries (`includeObject=Metadata`, kubectl's default).
+fn row_object(o: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": o.get("metadata").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// A `meta.k8s.io/v1` Table of `objects` of `kind`; `resource_version` for the list.
+pub fn table(kind: &str, objects: &[Value], resource_version: Option<u64>) -> Value {
+    let now = jiff::Timestamp::now();
+    let defs: Vec<Value> = columns(kind)
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "type": c.kind,
+                "format": if c.name == "Name" { "name" } else { "" },
+                "description": "",
+                "priority": if c.wide { 1 } else { 0 },
+            })
+        })
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| json!({"cells": cells(kind, o, now), "object": row_object(o)}))
+        .collect();
+    let mut meta = serde_json::Map::new();
+    if let Some(rv) = resource_version {
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": defs,
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_get_kubectls_columns_and_wide_ones_are_priority_one() {
+        let pod = json!({
+            "metadata": {"name": "web-1", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [
+                {"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}
+        });
+        let t = table("Pod", &[pod], Some(7));
+        let heads: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            heads,
+            ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]
+        );
+        assert_eq!(t["columnDefinitions"][5]["priority"], 1);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "Running");
+        assert_eq!(cells[3], "3");
+        assert_eq!(cells[6], "n1");
+        assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "web-1");
+        assert_eq!(t["metadata"]["resourceVersion"], "7");
+    }
+
+    #[test]
+    fn ages_read_like_kubectls() {
+        assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(600), "10m");
+        assert_eq!(human_age(3 * 3600), "3h");
+        assert_eq!(human_age(5 * 86_400), "5d");
+    }
+}

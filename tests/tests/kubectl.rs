@@ -1,0 +1,361 @@
+//! Real kubectl (the oldest and the newest supported, 1.27 and 1.33) against a 3-master
+//! Flotilla cluster's Kubernetes API, through the admin kubeconfig `flotilla up` writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use flotilla_e2e::{show, wait_for, Child, LocalCluster};
+
+/// `kubectl.<version>`, installed next to the real kubectl.
+fn kubectl_bin(version: &str) -> PathBuf {
+    let real = std::fs::canonicalize(
+        String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v kubectl"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .expect("kubectl is installed");
+    real.parent().unwrap().join(format!("kubectl.{version}"))
+}
+
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+impl Kubectl {
+    fn new(cluster: &LocalCluster, version: &str) -> Kubectl {
+        Kubectl {
+            bin: kubectl_bin(version),
+            kubeconfig: cluster.dir().join("admin.kubeconfig"),
+            cache: cluster.dir().join(format!("kube-cache-{version}")),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running kubectl")
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
+    let cluster = LocalCluster::up("kubectl", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    for version in ["1.27", "1.33"] {
+        let k = Kubectl::new(&cluster, version);
+        let ns = format!("demo-{}", version.replace('.', "-"));
+
+        // The initial namespaces exist, as a table with kubectl's columns.
+        let out = k.ok(&["get", "namespaces"]);
+        assert!(out.starts_with("NAME"), "{out}");
+        for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            assert!(out.contains(n), "{n} missing: {out}");
+        }
+
+        // Objects from a file (kubectl 1.33 sends protobuf from its `create <kind>`
+        // generators, which the server does not decode yet, so files are the common path).
+        let manifest = write(
+            cluster.dir(),
+            &format!("{ns}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n\
+                 apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  namespace: {ns}\n\
+                 data:\n  a: \"1\"\n---\n\
+                 apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {ns}\n\
+                 spec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: web}}\n  template:\n\
+                 \x20   metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n\
+                 \x20     - name: web\n        image: nginx\n"
+            ),
+        );
+        let out = k.ok(&["create", "-f", &manifest, "--validate=false"]);
+        assert!(out.contains("configmap/cfg created"), "{out}");
+
+        // get: table, -o yaml/json, -A, -l; label, annotate; all three patch types.
+        let out = k.ok(&["-n", &ns, "get", "configmap", "cfg"]);
+        assert!(out.contains("DATA") && out.contains("cfg"), "{out}");
+        let yaml = k.ok(&["-n", &ns, "get", "cm", "cfg", "-o", "yaml"]);
+        assert!(
+            yaml.contains("resourceVersion:") && yaml.contains("uid:"),
+            "{yaml}"
+        );
+        k.ok(&["-n", &ns, "label", "cm", "cfg", "tier=web"]);
+        k.ok(&["-n", &ns, "annotate", "cm", "cfg", "note=hello"]);
+        let out = k.ok(&[
+            "-n",
+            &ns,
+            "get",
+            "cm",
+            "-l",
+            "tier in (web,api)",
+            "-o",
+            "name",
+        ]);
+        assert_eq!(out.trim(), "configmap/cfg");
+        let out = k.ok(&["-n", &ns, "get", "cm", "-l", "tier!=web", "-o", "name"]);
+        assert_eq!(out.trim(), "");
+        k.ok(&[
+            "-n",
+            &ns,
+            "patch",
+            "cm",
+            "cfg",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"b":"2"}}"#,
+        ]);
+        k.ok(&[
+            "-n",
+            &ns,
+            "patch",
+            "cm",
+            "cfg",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/data/c","value":"3"}]"#,
+        ]);
+        k.ok(&[
+            "-n",
+            &ns,
+            "patch",
+            "cm",
+            "cfg",
+            "-p",
+            r#"{"data":{"d":"4"}}"#,
+        ]);
+        let data = k.ok(&["-n", &ns, "get", "cm", "cfg", "-o", "jsonpath={.data}"]);
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(
+            data,
+            serde_json::json!({"a": "1", "b": "2", "c": "3", "d": "4"})
+        );
+        let out = k.ok(&["get", "cm", "-A"]);
+        assert!(out.contains(&ns) && out.starts_with("NAMESPACE"), "{out}");
+        let out = k.ok(&["-n", &ns, "get", "deployments"]);
+        assert!(out.contains("READY") && out.contains("web"), "{out}");
+        let out = k.ok(&["describe", "namespace", &ns]);
+        assert!(out.contains("Status:") && out.contains("Active"), "{out}");
+
+        // get -w sees a change made meanwhile through another master.
+        let mut watcher = Child(
+            k.command(&[
+                "-n",
+                &ns,
+                "get",
+                "cm",
+                "-w",
+                "-o",
+                "name",
+                "--request-timeout=20s",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+        let stdout = watcher.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "configmap/cfg"
+        );
+        let second = write(
+            cluster.dir(),
+            &format!("{ns}-second.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: second\n  namespace: {ns}\n"
+            ),
+        );
+        k.ok(&[
+            "--context",
+            "m2",
+            "create",
+            "-f",
+            &second,
+            "--validate=false",
+        ]);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "configmap/second",
+            "the watch did not see a create made on another master"
+        );
+        drop(watcher);
+
+        // Bad input: a wrong name is 422 with the field, an unknown namespace 404.
+        let bad = write(
+            cluster.dir(),
+            "bad.yaml",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n  namespace: {ns}\n"
+            ),
+        );
+        let out = k.run(&["create", "-f", &bad, "--validate=false"]);
+        assert!(!out.status.success());
+        assert!(show(&out).contains("metadata.name"), "{}", show(&out));
+        let out = k.run(&[
+            "-n",
+            "no-such-ns",
+            "create",
+            "-f",
+            &manifest,
+            "--validate=false",
+        ]);
+        assert!(!out.status.success());
+
+        // delete: the object, then the namespace with everything in it.
+        k.ok(&["-n", &ns, "delete", "cm", "cfg"]);
+        let out = k.run(&["-n", &ns, "get", "cm", "cfg"]);
+        assert!(
+            show(&out).contains("NotFound") || show(&out).contains("not found"),
+            "{}",
+            show(&out)
+        );
+        k.ok(&["delete", "namespace", &ns]);
+        wait_for("the namespace to go", Duration::from_secs(10), || {
+            !k.run(&["get", "namespace", &ns]).status.success()
+        });
+        let out = k.ok(&["get", "deployments", "-A", "-o", "name"]);
+        assert!(!out.contains("web"), "deleting the namespace left {out}");
+    }
+}
+
+#[test]
+fn the_api_refuses_strangers_and_bad_bodies_with_kubernetes_statuses() {
+    let cluster = LocalCluster::up(
+        "api-errors",
+        &["--masters", "3", "--nodes", "0", "--no-demo"],
+    );
+    let api = cluster.cluster_json()["processes"][1]["endpoints"]["api"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let [ca, cert, key] = cluster.admin_pki();
+    let curl = |with_cert: bool, method: &str, path: &str, body: &str, ctype: &str| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Content-Type: {ctype}")]);
+        if with_cert {
+            c.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        if !body.is_empty() {
+            c.args(["--data-binary", body]);
+        }
+        let out = c.arg(format!("{api}{path}")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.to_string(),
+            serde_json::from_str::<serde_json::Value>(body).unwrap_or_default(),
+        )
+    };
+    let (code, status) = curl(false, "GET", "/api/v1/namespaces", "", "application/json");
+    assert_eq!(
+        (code.as_str(), &status["reason"]),
+        ("401", &serde_json::json!("Unauthorized"))
+    );
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (code, status) = curl(true, "POST", cms, "{not json", "application/json");
+    assert_eq!(code, "400", "{status}");
+    assert_eq!(status["kind"], "Status");
+    let (code, status) = curl(
+        true,
+        "POST",
+        cms,
+        r#"{"kind":"Secret","apiVersion":"v1","metadata":{"name":"x"}}"#,
+        "application/json",
+    );
+    assert_eq!(code, "400", "{status}");
+    let (code, _) = curl(
+        true,
+        "POST",
+        cms,
+        r#"{"metadata":{"name":"ok"}}"#,
+        "application/json",
+    );
+    assert_eq!(code, "201");
+    let (code, status) = curl(
+        true,
+        "POST",
+        cms,
+        r#"{"metadata":{"name":"ok"}}"#,
+        "application/json",
+    );
+    assert_eq!(
+        (code.as_str(), &status["reason"]),
+        ("409", &serde_json::json!("AlreadyExists"))
+    );
+    // A stale resourceVersion is a conflict; nothing was half-written.
+    let (code, status) = curl(
+        true,
+        "PUT",
+        &format!("{cms}/ok"),
+        r#"{"metadata":{"name":"ok","resourceVersion":"1"},"data":{"x":"y"}}"#,
+        "application/json",
+    );
+    assert_eq!(
+        (code.as_str(), &status["reason"]),
+        ("409", &serde_json::json!("Conflict"))
+    );
+    let (code, obj) = curl(true, "GET", &format!("{cms}/ok"), "", "application/json");
+    assert_eq!(code, "200");
+    assert!(obj.get("data").is_none(), "{obj}");
+    let big = format!(
+        r#"{{"metadata":{{"name":"big"}},"data":{{"x":"{}"}}}}"#,
+        "a".repeat(3 * 1024 * 1024 + 10)
+    );
+    let file = cluster.dir().join("big.json");
+    std::fs::write(&file, big).unwrap();
+    let (code, _) = curl(
+        true,
+        "POST",
+        cms,
+        &format!("@{}", file.display()),
+        "application/json",
+    );
+    assert_eq!(code, "413");
+    let (code, status) = curl(true, "GET", "/api/v1/widgets", "", "application/json");
+    assert_eq!(
+        (code.as_str(), &status["reason"]),
+        ("404", &serde_json::json!("NotFound"))
+    );
+}
