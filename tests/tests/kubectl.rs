@@ -241,6 +241,70 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
         ]);
         assert!(!out.status.success());
 
+        // apply with default (server-side) validation, then a changed manifest: the
+        // strategic merge patch changes the image and keeps what it does not name.
+        let app = |image: &str, replicas: u32| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n  namespace: {ns}\n\
+                 spec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: app}}\n  template:\n\
+                 \x20   metadata:\n      labels: {{app: app}}\n    spec:\n      containers:\n\
+                 \x20     - name: app\n        image: {image}\n        ports:\n        - containerPort: 80\n\
+                 \x20     - name: side\n        image: busybox\n"
+            )
+        };
+        let applied = write(cluster.dir(), &format!("{ns}-app.yaml"), &app("nginx:1", 2));
+        let out = k.ok(&["apply", "-f", &applied]);
+        assert!(out.contains("deployment.apps/app created"), "{out}");
+        write(cluster.dir(), &format!("{ns}-app.yaml"), &app("nginx:2", 3));
+        let out = k.ok(&["apply", "-f", &applied]);
+        assert!(out.contains("deployment.apps/app configured"), "{out}");
+        let got = k.ok(&[
+            "-n", &ns, "get", "deploy", "app", "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[*].image} {.spec.template.spec.containers[0].ports[0].containerPort}",
+        ]);
+        assert_eq!(got, "3 nginx:2 busybox 80");
+        // scale (the autoscaling/v1 Scale subresource) and edit (KUBE_EDITOR).
+        k.ok(&["-n", &ns, "scale", "deployment", "app", "--replicas=5"]);
+        assert_eq!(
+            k.ok(&[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "app",
+                "-o",
+                "jsonpath={.spec.replicas}"
+            ]),
+            "5"
+        );
+        let editor = write(
+            cluster.dir(),
+            "editor.sh",
+            "#!/bin/sh\nsed -i 's/replicas: [0-9]*/replicas: 7/' \"$1\"\n",
+        );
+        Command::new("chmod")
+            .args(["+x", &editor])
+            .status()
+            .unwrap();
+        let out = k
+            .command(&["-n", &ns, "edit", "deployment", "app"])
+            .env("KUBE_EDITOR", &editor)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        assert_eq!(
+            k.ok(&[
+                "-n",
+                &ns,
+                "get",
+                "deploy",
+                "app",
+                "-o",
+                "jsonpath={.spec.replicas} {.metadata.generation}"
+            ]),
+            "7 4"
+        );
+
         // delete: the object, then the namespace with everything in it.
         k.ok(&["-n", &ns, "delete", "cm", "cfg"]);
         let out = k.run(&["-n", &ns, "get", "cm", "cfg"]);

@@ -113,6 +113,9 @@ enum Target {
     ApiVersions,
     ApiGroups,
     Resources(&'static str, &'static str),
+    OpenApiV2,
+    OpenApiV3Root,
+    OpenApiV3(String),
     Collection(&'static Resource, Option<String>),
     Object(&'static Resource, Option<String>, String, Option<String>),
 }
@@ -130,6 +133,9 @@ fn parse_path(path: &str) -> Result<Target, ApiError> {
         ["version"] => return Ok(Target::Version),
         ["healthz" | "livez" | "readyz", ..] => return Ok(Target::Health),
         ["api"] => return Ok(Target::ApiVersions),
+        ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] => return Ok(Target::OpenApiV2),
+        ["openapi", "v3"] => return Ok(Target::OpenApiV3Root),
+        ["openapi", "v3", rest @ ..] => return Ok(Target::OpenApiV3(rest.join("/"))),
         ["apis"] => return Ok(Target::ApiGroups),
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
@@ -228,6 +234,23 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
                     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
         )),
         (Method::GET, Target::ApiGroups) => Ok(json_response(StatusCode::OK, &api_groups())),
+        (Method::GET, Target::OpenApiV2) => Ok((
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                // What Kubernetes answers: the requested type is not valid MIME.
+                "application/octet-stream",
+            )],
+            crate::openapi::v2_protobuf(),
+        )
+            .into_response()),
+        (Method::GET, Target::OpenApiV3Root) => {
+            Ok(json_response(StatusCode::OK, &crate::openapi::v3_root()))
+        }
+        (Method::GET, Target::OpenApiV3(gv)) => match crate::openapi::v3_group_version(&gv) {
+            Some(doc) => Ok(json_response(StatusCode::OK, &doc)),
+            None => Err(not_found_path(&path)),
+        },
         (Method::GET, Target::Resources(g, v)) => {
             Ok(json_response(StatusCode::OK, &resource_list(g, v)))
         }
@@ -260,6 +283,75 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             }
             let created = api.storage.create(res, ns.as_deref(), &obj).await?;
             Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (Method::GET, Target::Object(res, ns, name, Some(sub)))
+            if sub == "scale" && has_scale(res) =>
+        {
+            let obj = api.storage.get(res, ns.as_deref(), &name).await?;
+            Ok(json_response(StatusCode::OK, &scale_of(&obj)))
+        }
+        (m @ (Method::PUT | Method::PATCH), Target::Object(res, ns, name, Some(sub)))
+            if sub == "scale" && has_scale(res) =>
+        {
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = parse_json(&read_body(body).await?)?;
+            for _ in 0..5 {
+                let current = api.storage.get(res, ns.as_deref(), &name).await?;
+                let scale = if m == Method::PUT {
+                    body.clone()
+                } else {
+                    objects::apply_patch(&content_type, &scale_of(&current), &body)?
+                };
+                let replicas = scale
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| ApiError::Invalid {
+                        kind: "Scale".into(),
+                        name: name.clone(),
+                        causes: vec![("spec.replicas".into(), "Required value: an integer".into())],
+                    })?;
+                if replicas < 0 {
+                    return Err(ApiError::Invalid {
+                        kind: "Scale".into(),
+                        name: name.clone(),
+                        causes: vec![(
+                            "spec.replicas".into(),
+                            format!(
+                                "Invalid value: {replicas}: must be greater than or equal to 0"
+                            ),
+                        )],
+                    });
+                }
+                let mut next = current.clone();
+                next["spec"]["replicas"] = json!(replicas);
+                if let Some(rv) = scale
+                    .pointer("/metadata/resourceVersion")
+                    .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+                {
+                    next["metadata"]["resourceVersion"] = rv.clone();
+                }
+                let next =
+                    objects::prepare_update(res, ns.as_deref(), &name, None, &current, next)?;
+                match api.storage.update(res, ns.as_deref(), &next).await {
+                    Err(ApiError::Conflict { .. }) if m == Method::PATCH => continue,
+                    other => return Ok(json_response(StatusCode::OK, &scale_of(&other?))),
+                }
+            }
+            Err(ApiError::Conflict {
+                kind: res.plural.into(),
+                name,
+            })
+        }
+        (Method::GET, Target::Object(res, ns, name, Some(sub))) if sub == "status" => {
+            Ok(json_response(
+                StatusCode::OK,
+                &api.storage.get(res, ns.as_deref(), &name).await?,
+            ))
         }
         (Method::GET, Target::Object(res, ns, name, None)) => {
             let obj = api.storage.get(res, ns.as_deref(), &name).await?;
@@ -357,6 +449,41 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             "the server does not allow method {m} on {path}"
         ))),
     }
+}
+
+/// Whether `res` has a `scale` subresource.
+fn has_scale(res: &Resource) -> bool {
+    matches!(res.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+}
+
+/// The autoscaling/v1 Scale of a scalable object.
+fn scale_of(obj: &Value) -> Value {
+    let labels = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": obj.pointer("/metadata/name"),
+            "namespace": obj.pointer("/metadata/namespace"),
+            "uid": obj.pointer("/metadata/uid"),
+            "resourceVersion": obj.pointer("/metadata/resourceVersion"),
+            "creationTimestamp": obj.pointer("/metadata/creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": labels,
+        },
+    })
 }
 
 fn patch_rv(patch: &Value) -> Value {
@@ -561,18 +688,35 @@ fn resource_list(group: &str, version: &str) -> Value {
     } else {
         format!("{group}/{version}")
     };
-    let resources: Vec<Value> = resources::in_group_version(group, version)
-        .map(|r| {
-            json!({
-                "name": r.plural,
-                "singularName": r.singular,
+    let mut resources: Vec<Value> = Vec::new();
+    for r in resources::in_group_version(group, version) {
+        resources.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": VERBS,
+            "shortNames": r.short_names,
+        }));
+        resources.push(json!({
+            "name": format!("{}/status", r.plural),
+            "singularName": "",
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": ["get", "patch", "update"],
+        }));
+        if has_scale(r) {
+            resources.push(json!({
+                "name": format!("{}/scale", r.plural),
+                "singularName": "",
                 "namespaced": r.namespaced,
-                "kind": r.kind,
-                "verbs": VERBS,
-                "shortNames": r.short_names,
-            })
-        })
-        .collect();
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 

@@ -14,9 +14,11 @@
 pub mod bootstrap;
 pub mod http;
 pub mod objects;
+pub mod openapi;
 pub mod registry;
 pub mod resources;
 pub mod selectors;
+pub mod smp;
 pub mod status;
 pub mod storage;
 pub mod table;

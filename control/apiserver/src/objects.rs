@@ -237,9 +237,7 @@ pub fn prepare_update(
 }
 
 /// Applies a PATCH body to `current`, by content type: JSON patch (RFC 6902), JSON merge
-/// patch (RFC 7386), or strategic merge patch — which for now merges like a JSON merge patch
-/// (lists are replaced, not merged by key).
-// FIXME(issue 4): strategic merge patch with the built-in types' merge keys and directives.
+/// patch (RFC 7386), or strategic merge patch ([`crate::smp`]).
 pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result<Value, ApiError> {
     let mut doc = current.clone();
     let ct = content_type.split(';').next().unwrap_or("").trim();
@@ -257,8 +255,11 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
                 causes: vec![("patch".into(), e.to_string())],
             })?;
         }
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+        "application/merge-patch+json" => {
             json_patch::merge(&mut doc, patch);
+        }
+        "application/strategic-merge-patch+json" => {
+            doc = crate::smp::apply(current, patch)?;
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
