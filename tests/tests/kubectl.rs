@@ -81,8 +81,60 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             assert!(out.contains(n), "{n} missing: {out}");
         }
 
-        // Objects from a file (kubectl 1.33 sends protobuf from its `create <kind>`
-        // generators, which the server does not decode yet, so files are the common path).
+        // kubectl's generators (1.33's send protobuf bodies, 1.27's JSON).
+        let gen = format!("{ns}-gen");
+        k.ok(&["create", "namespace", &gen]);
+        k.ok(&[
+            "-n",
+            &gen,
+            "create",
+            "configmap",
+            "c",
+            "--from-literal=a=1",
+            "--from-literal=b=two",
+        ]);
+        k.ok(&[
+            "-n",
+            &gen,
+            "create",
+            "secret",
+            "generic",
+            "s",
+            "--from-literal=pw=hunter2",
+        ]);
+        k.ok(&[
+            "-n",
+            &gen,
+            "create",
+            "deployment",
+            "d",
+            "--image=nginx:1",
+            "--replicas=2",
+            "--port=80",
+        ]);
+        assert_eq!(
+            k.ok(&["-n", &gen, "get", "cm", "c", "-o", "jsonpath={.data.b}"]),
+            "two"
+        );
+        assert_eq!(
+            k.ok(&[
+                "-n",
+                &gen,
+                "get",
+                "secret",
+                "s",
+                "-o",
+                "jsonpath={.data.pw}"
+            ]),
+            "aHVudGVyMg=="
+        );
+        assert_eq!(
+            k.ok(&["-n", &gen, "get", "deploy", "d", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.selector.matchLabels.app}"]),
+            "2 nginx:1 d"
+        );
+        k.ok(&["delete", "namespace", &gen]);
+
+        // Objects from a file.
         let manifest = write(
             cluster.dir(),
             &format!("{ns}.yaml"),

@@ -198,6 +198,14 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::TooLarge(format!("limit is {MAX_BODY_BYTES} bytes")))
 }
 
+fn parse_body(protobuf: bool, bytes: &[u8]) -> Result<Value, ApiError> {
+    if protobuf {
+        crate::protobuf::decode(bytes)
+    } else {
+        parse_json(bytes)
+    }
+}
+
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice::<Value>(bytes)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
@@ -205,14 +213,17 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 
 async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    // Bodies are JSON. Clients that send protobuf or CBOR retry with JSON on 415.
-    if let Some(ct) = parts
+    // Bodies are JSON, or Kubernetes protobuf for the built-in kinds.
+    let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let protobuf = content_type == crate::protobuf::MEDIA_TYPE;
     {
-        let ct = ct.split(';').next().unwrap_or("").trim();
-        if !ct.is_empty() && !ct.ends_with("json") {
+        let ct = content_type.as_str();
+        if !ct.is_empty() && !ct.ends_with("json") && !protobuf {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "the body of the request was in an unknown format - accepted media types \
                  include: application/json, application/json-patch+json, \
@@ -273,7 +284,7 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             ))
         }
         (Method::POST, Target::Collection(res, ns)) => {
-            let obj = parse_json(&read_body(body).await?)?;
+            let obj = parse_body(protobuf, &read_body(body).await?)?;
             if let Some(ns) = ns.as_deref() {
                 require_namespace(&api, ns).await?;
             }
@@ -364,7 +375,7 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::PUT, Target::Object(res, ns, name, sub)) => {
-            let obj = parse_json(&read_body(body).await?)?;
+            let obj = parse_body(protobuf, &read_body(body).await?)?;
             let current = api.storage.get(res, ns.as_deref(), &name).await?;
             let obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
@@ -449,6 +460,22 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             "the server does not allow method {m} on {path}"
         ))),
     }
+}
+
+/// Whether `kubectl get all` lists `res` (Kubernetes' `all` category).
+fn in_all(res: &Resource) -> bool {
+    matches!(
+        res.kind,
+        "Pod"
+            | "Service"
+            | "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
+            | "CronJob"
+            | "HorizontalPodAutoscaler"
+    )
 }
 
 /// Whether `res` has a `scale` subresource.
@@ -697,6 +724,7 @@ fn resource_list(group: &str, version: &str) -> Value {
             "kind": r.kind,
             "verbs": VERBS,
             "shortNames": r.short_names,
+            "categories": if in_all(r) { vec!["all"] } else { vec![] },
         }));
         resources.push(json!({
             "name": format!("{}/status", r.plural),

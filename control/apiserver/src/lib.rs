@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod http;
 pub mod objects;
 pub mod openapi;
+pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod selectors;
