@@ -376,7 +376,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         move |shutdown| async move {
             tokio::select! {
                 _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
-                _ = flotilla_apiserver::bootstrap::initial_namespaces(&api) => {}
+                _ = async {
+                    flotilla_apiserver::bootstrap::initial_namespaces(&api).await;
+                    flotilla_apiserver::bootstrap::kubernetes_service(&api).await;
+                } => {}
             }
             shutdown.wait().await;
             Ok(())

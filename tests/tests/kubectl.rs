@@ -475,3 +475,122 @@ fn the_api_refuses_strangers_and_bad_bodies_with_kubernetes_statuses() {
         ("404", &serde_json::json!("NotFound"))
     );
 }
+
+#[test]
+fn services_get_unique_addresses_and_finalizers_hold_deletions() {
+    let cluster = LocalCluster::up("services", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    let k = Kubectl::new(&cluster, "1.33");
+    // The kubernetes Service holds the first address of the range.
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "svc",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}"
+        ]),
+        "10.96.0.1"
+    );
+    // Services created at once through all three masters get distinct ClusterIPs.
+    let children: Vec<_> = (0..9)
+        .map(|i| {
+            let ctx = format!("m{}", i % 3 + 1);
+            k.command(&[
+                "--context",
+                &ctx,
+                "create",
+                "service",
+                "nodeport",
+                &format!("s{i}"),
+                "--tcp=80:8080",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let ips = k.ok(&["get", "svc", "-o", "jsonpath={.items[*].spec.clusterIP}"]);
+    let mut ips: Vec<&str> = ips.split_whitespace().collect();
+    assert_eq!(ips.len(), 10);
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 10, "a ClusterIP was handed out twice: {ips:?}");
+    let ports = k.ok(&[
+        "get",
+        "svc",
+        "-o",
+        "jsonpath={.items[*].spec.ports[*].nodePort}",
+    ]);
+    let ports: Vec<u16> = ports
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 9);
+    assert!(
+        ports.iter().all(|p| (30000..=32767).contains(p)),
+        "{ports:?}"
+    );
+
+    // An address in use is refused; once its Service is deleted it can be asked for again.
+    let taken = k.ok(&["get", "svc", "s0", "-o", "jsonpath={.spec.clusterIP}"]);
+    let svc = |name: &str| {
+        write(
+            cluster.dir(),
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {taken}\n  ports:\n  - port: 80\n"),
+        )
+    };
+    let out = k.run(&["create", "-f", &svc("again")]);
+    assert!(!out.status.success());
+    assert!(show(&out).contains("already allocated"), "{}", show(&out));
+    k.ok(&["delete", "svc", "s0"]);
+    k.ok(&["create", "-f", &svc("again")]);
+    // The ClusterIP is immutable.
+    let out = k.run(&[
+        "patch",
+        "svc",
+        "again",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.96.0.77"}}"#,
+    ]);
+    assert!(show(&out).contains("immutable"), "{}", show(&out));
+
+    // A finalizer holds a deletion: the object gets a deletionTimestamp and goes when the
+    // finalizer is removed.
+    let held = write(
+        cluster.dir(),
+        "held.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: default\n  finalizers: [example.com/hold]\n",
+    );
+    k.ok(&["apply", "-f", &held]);
+    k.ok(&["delete", "cm", "held", "--wait=false"]);
+    assert!(!k
+        .ok(&[
+            "get",
+            "cm",
+            "held",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ])
+        .is_empty());
+    k.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    let out = k.run(&["get", "cm", "held"]);
+    assert!(
+        show(&out).contains("NotFound") || show(&out).contains("not found"),
+        "{}",
+        show(&out)
+    );
+}

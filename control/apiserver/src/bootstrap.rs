@@ -14,6 +14,38 @@ use crate::storage::Backend;
 pub const INITIAL_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// Creates the `default/kubernetes` Service (ClusterIP 10.96.0.1, port 443) if it does not
+/// exist yet.
+// FIXME(issue 4): its Endpoints listing every live API server (master leases with a TTL).
+pub async fn kubernetes_service<B: Backend>(api: &Api<B>) {
+    let res = resources::find("", "v1", "services").expect("services are served");
+    loop {
+        let svc = prepare_create(
+            res,
+            Some("default"),
+            json!({
+                "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {
+                    "clusterIP": crate::allocate::KUBERNETES_SERVICE_IP.to_string(),
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+                },
+            }),
+        )
+        .expect("the kubernetes Service is valid");
+        match crate::allocate::create_service(api.storage(), res, Some("default"), svc).await {
+            Ok(_) => {
+                tracing::info!("created the kubernetes Service");
+                return;
+            }
+            Err(ApiError::AlreadyExists { .. }) | Err(ApiError::Invalid { .. }) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot create the kubernetes Service yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// Creates the initial namespaces that do not exist yet, retrying until the store takes
 /// writes. Every master runs it; creating is idempotent (an existing one is left alone).
 pub async fn initial_namespaces<B: Backend>(api: &Api<B>) {

@@ -292,7 +292,11 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             if query.dry_run {
                 return Ok(json_response(StatusCode::CREATED, &obj));
             }
-            let created = api.storage.create(res, ns.as_deref(), &obj).await?;
+            let created = if res.kind == "Service" {
+                crate::allocate::create_service(&api.storage, res, ns.as_deref(), obj).await?
+            } else {
+                api.storage.create(res, ns.as_deref(), &obj).await?
+            };
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::GET, Target::Object(res, ns, name, Some(sub)))
@@ -380,6 +384,7 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             let obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
             let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
+            let updated = finish_deletion(&api, res, ns.as_deref(), updated).await?;
             Ok(json_response(StatusCode::OK, &updated))
         }
         (Method::PATCH, Target::Object(res, ns, name, sub)) => {
@@ -408,7 +413,10 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
                     {
                         continue
                     }
-                    other => return Ok(json_response(StatusCode::OK, &other?)),
+                    other => {
+                        let updated = finish_deletion(&api, res, ns.as_deref(), other?).await?;
+                        return Ok(json_response(StatusCode::OK, &updated));
+                    }
                 }
             }
             Err(ApiError::Conflict {
@@ -417,14 +425,11 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
             })
         }
         (Method::DELETE, Target::Object(res, ns, name, None)) => {
-            let expected = delete_precondition(body).await?;
+            let opts = delete_options(body, parts.uri.query()).await?;
             if res.kind == "Namespace" {
                 delete_namespace_contents(&api, &name).await?;
             }
-            let gone = api
-                .storage
-                .delete(res, ns.as_deref(), &name, expected)
-                .await?;
+            let gone = delete_object(&api, res, ns.as_deref(), &name, &opts).await?;
             Ok(json_response(StatusCode::OK, &gone))
         }
         (Method::DELETE, Target::Collection(res, ns)) => {
@@ -517,21 +522,153 @@ fn patch_rv(patch: &Value) -> Value {
     json!({"metadata": {"resourceVersion": patch.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))}})
 }
 
-/// A DeleteOptions body's `preconditions.resourceVersion`, if any.
-async fn delete_precondition(body: Body) -> Result<Option<u64>, ApiError> {
+/// What a delete asks for (DeleteOptions in the body, or query parameters).
+#[derive(Debug, Default)]
+struct DeleteOptions {
+    /// `preconditions.resourceVersion`.
+    resource_version: Option<u64>,
+    /// `preconditions.uid`.
+    uid: Option<String>,
+    /// `gracePeriodSeconds`.
+    grace_period: Option<i64>,
+}
+
+async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions, ApiError> {
     let bytes = read_body(body).await?;
-    if bytes.is_empty() {
-        return Ok(None);
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        parse_json(&bytes)?
+    };
+    let mut opts = DeleteOptions {
+        resource_version: match body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            Some(rv) => {
+                Some(crate::registry::parse_resource_version(rv).map_err(ApiError::BadRequest)?)
+            }
+            None => None,
+        },
+        uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from),
+        grace_period: body.get("gracePeriodSeconds").and_then(Value::as_i64),
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "gracePeriodSeconds" {
+            opts.grace_period = Some(v.parse().map_err(|_| {
+                ApiError::BadRequest(format!("gracePeriodSeconds {v:?} is not a number"))
+            })?);
+        }
     }
-    let opts = parse_json(&bytes)?;
-    match opts
-        .pointer("/preconditions/resourceVersion")
+    Ok(opts)
+}
+
+/// Deletes an object as Kubernetes does: an object with finalizers only gets a
+/// `deletionTimestamp` (it goes when its finalizers are removed); a pod bound to a node is
+/// deleted gracefully (`deletionTimestamp` = now + grace period, for its node agent to stop
+/// it) unless the grace period is 0; anything else goes at once.
+// FIXME(issue 5): propagationPolicy Foreground/Orphan (finalizers the garbage collector removes).
+async fn delete_object<B: Backend>(
+    api: &Api<B>,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    for _ in 0..5 {
+        let current = api.storage.get(res, ns, name).await?;
+        let rv = resource_version(&current)?;
+        let conflict = || ApiError::Conflict {
+            kind: res.plural.into(),
+            name: name.into(),
+        };
+        if opts.resource_version.is_some_and(|want| want != rv) {
+            return Err(conflict());
+        }
+        if let Some(uid) = &opts.uid {
+            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                return Err(conflict());
+            }
+        }
+        let finalizers = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        let grace = opts.grace_period.unwrap_or_else(|| {
+            current
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        let graceful = res.kind == "Pod"
+            && grace > 0
+            && current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+        if finalizers || graceful {
+            if current.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok(current);
+            }
+            let mut marked = current.clone();
+            let wait = if graceful { grace } else { 0 };
+            let at = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(wait))
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            marked["metadata"]["deletionTimestamp"] =
+                json!(at.round(jiff::Unit::Second).unwrap_or(at).to_string());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(wait);
+            match api.storage.update(res, ns, &marked).await {
+                Err(ApiError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        match api.storage.delete(res, ns, name, Some(rv)).await {
+            Err(ApiError::Conflict { .. }) => continue,
+            Ok(gone) if res.kind == "Service" => {
+                api.storage
+                    .release(&crate::allocate::claims_of(&gone))
+                    .await?;
+                return Ok(gone);
+            }
+            other => return other,
+        }
+    }
+    Err(ApiError::Conflict {
+        kind: res.plural.into(),
+        name: name.into(),
+    })
+}
+
+/// After an update: an object marked for deletion whose finalizers are all gone is deleted.
+async fn finish_deletion<B: Backend>(
+    api: &Api<B>,
+    res: &Resource,
+    ns: Option<&str>,
+    updated: Value,
+) -> Result<Value, ApiError> {
+    let marked = updated.pointer("/metadata/deletionTimestamp").is_some();
+    let finalizers = updated
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if !marked || finalizers || res.kind == "Pod" {
+        return Ok(updated);
+    }
+    let name = updated
+        .pointer("/metadata/name")
         .and_then(Value::as_str)
+        .unwrap_or("");
+    match api
+        .storage
+        .delete(res, ns, name, Some(resource_version(&updated)?))
+        .await
     {
-        Some(rv) => Ok(Some(
-            crate::registry::parse_resource_version(rv).map_err(ApiError::BadRequest)?,
-        )),
-        None => Ok(None),
+        Ok(_) | Err(ApiError::NotFound { .. }) => Ok(updated),
+        Err(e) => Err(e),
     }
 }
 

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allocate;
 pub mod bootstrap;
 pub mod http;
 pub mod objects;

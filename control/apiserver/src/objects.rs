@@ -209,6 +209,9 @@ pub fn prepare_update(
                     obj["status"] = status.clone();
                 }
             }
+            if res.kind == "Service" {
+                keep_service_allocations(name, current, &mut obj)?;
+            }
             let generation = current
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64);
@@ -234,6 +237,56 @@ pub fn prepare_update(
         }
     };
     Ok(out)
+}
+
+/// A Service keeps its ClusterIP (immutable) and, for ports that name none, its NodePorts.
+fn keep_service_allocations(name: &str, current: &Value, obj: &mut Value) -> Result<(), ApiError> {
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        return Ok(());
+    }
+    let old_ip = current
+        .pointer("/spec/clusterIP")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let new_ip = obj
+        .pointer("/spec/clusterIP")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if new_ip.is_null() || new_ip == json!("") {
+        obj["spec"]["clusterIP"] = old_ip;
+        obj["spec"]["clusterIPs"] = current
+            .pointer("/spec/clusterIPs")
+            .cloned()
+            .unwrap_or(Value::Null);
+    } else if new_ip != old_ip {
+        return Err(ApiError::Invalid {
+            kind: "Service".into(),
+            name: name.into(),
+            causes: vec![(
+                "spec.clusterIPs[0]".into(),
+                "Invalid value: field is immutable".into(),
+            )],
+        });
+    }
+    let old_ports = current
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            if p.get("nodePort").and_then(Value::as_u64).unwrap_or(0) == 0 {
+                let kept = old_ports
+                    .iter()
+                    .find(|o| o.get("port") == p.get("port"))
+                    .and_then(|o| o.get("nodePort"));
+                if let Some(np) = kept {
+                    p["nodePort"] = np.clone();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies a PATCH body to `current`, by content type: JSON patch (RFC 6902), JSON merge

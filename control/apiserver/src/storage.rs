@@ -227,34 +227,105 @@ impl<B: Backend> Storage<B> {
         ns: Option<&str>,
         obj: &Value,
     ) -> Result<Value, ApiError> {
+        match self.create_claiming(res, ns, obj, &[]).await? {
+            Ok(created) => Ok(created),
+            Err(_) => unreachable!("no claims were asked for"),
+        }
+    }
+
+    /// Creates `obj` together with `claims` (keys that must not exist yet, such as an
+    /// allocated ClusterIP), atomically. `Ok(Err(taken))` names the claims that were taken.
+    pub async fn create_claiming(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        obj: &Value,
+        claims: &[Vec<u8>],
+    ) -> Result<Result<Value, Vec<Vec<u8>>>, ApiError> {
         let name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
         let key = key_of(res, ns, name);
+        let owner = String::from_utf8_lossy(&key).into_owned().into_bytes();
+        let keys: Vec<&Vec<u8>> = std::iter::once(&key).chain(claims).collect();
         let txn = TxnRequest {
-            compares: vec![Compare {
-                range: KeyRange::Single(key.clone()),
-                target: CompareTarget::CreateRevision(0),
-                op: CompareOp::Equal,
-            }],
-            success: vec![Op::Put(PutRequest {
-                key,
+            compares: keys
+                .iter()
+                .map(|k| Compare {
+                    range: KeyRange::Single((*k).clone()),
+                    target: CompareTarget::CreateRevision(0),
+                    op: CompareOp::Equal,
+                })
+                .collect(),
+            success: std::iter::once(Op::Put(PutRequest {
+                key: key.clone(),
                 value: encode(obj)?,
                 ..Default::default()
-            })],
-            failure: vec![],
+            }))
+            .chain(claims.iter().map(|c| {
+                Op::Put(PutRequest {
+                    key: c.clone(),
+                    value: owner.clone(),
+                    ..Default::default()
+                })
+            }))
+            .collect(),
+            failure: keys
+                .iter()
+                .map(|k| Op::Range(RangeRequest::new(KeyRange::Single((*k).clone()))))
+                .collect(),
         };
         let (h, resp) = self.backend.txn(txn).await.map_err(internal)?;
         if !resp.succeeded {
-            return Err(ApiError::AlreadyExists {
-                kind: resource_ref(res),
-                name: name.into(),
-            });
+            let taken: Vec<Vec<u8>> = resp
+                .responses
+                .iter()
+                .zip(&keys)
+                .filter(|(r, _)| matches!(r, OpResponse::Range(r) if !r.kvs.is_empty()))
+                .map(|(_, k)| (*k).clone())
+                .collect();
+            if taken.contains(&key) {
+                return Err(ApiError::AlreadyExists {
+                    kind: resource_ref(res),
+                    name: name.into(),
+                });
+            }
+            return Ok(Err(taken));
         }
         let mut created = obj.clone();
         stamp(&mut created, h.revision);
-        Ok(created)
+        Ok(Ok(created))
+    }
+
+    /// Keys under `prefix` (allocation records).
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<Vec<u8>>, ApiError> {
+        let mut req = RangeRequest::new(KeyRange::prefix(prefix.as_bytes()));
+        req.keys_only = true;
+        let (_, resp) = self.backend.range(req, false).await.map_err(internal)?;
+        Ok(resp.kvs.into_iter().map(|kv| kv.key).collect())
+    }
+
+    /// Removes allocation records.
+    pub async fn release(&self, claims: &[Vec<u8>]) -> Result<(), ApiError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let txn = TxnRequest {
+            compares: vec![],
+            success: claims
+                .iter()
+                .map(|c| {
+                    Op::Delete(DeleteRequest {
+                        range: KeyRange::Single(c.clone()),
+                        prev_kv: false,
+                    })
+                })
+                .collect(),
+            failure: vec![],
+        };
+        self.backend.txn(txn).await.map_err(internal)?;
+        Ok(())
     }
 
     /// Replaces the object named by `obj`. With a `resourceVersion` in `obj`, only if it is
