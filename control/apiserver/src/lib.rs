@@ -13,6 +13,7 @@
 
 pub mod allocate;
 pub mod bootstrap;
+pub mod defaults;
 pub mod http;
 pub mod objects;
 pub mod openapi;

@@ -167,6 +167,7 @@ pub fn prepare_create(res: &Resource, ns: Option<&str>, mut obj: Value) -> Resul
     if res.kind == "Secret" && obj.get("type").is_none() {
         obj["type"] = json!("Opaque");
     }
+    crate::defaults::apply(res.kind, &mut obj);
     Ok(obj)
 }
 
@@ -212,6 +213,7 @@ pub fn prepare_update(
             if res.kind == "Service" {
                 keep_service_allocations(name, current, &mut obj)?;
             }
+            crate::defaults::apply(res.kind, &mut obj);
             let generation = current
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64);

@@ -1,0 +1,193 @@
+//! The defaults Kubernetes fills in on create and update, so that objects read back as they
+//! do from a Kubernetes API server (and controllers can rely on the fields being set).
+
+use serde_json::{json, Value};
+
+fn set(obj: &mut Value, key: &str, value: Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.entry(key).or_insert(value);
+    }
+}
+
+/// `Always` for `:latest` or untagged images, else `IfNotPresent`.
+fn pull_policy(image: &str) -> &'static str {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    let tagged = name.contains(':') || image.contains('@');
+    if !tagged || name.ends_with(":latest") {
+        "Always"
+    } else {
+        "IfNotPresent"
+    }
+}
+
+fn containers(list: Option<&mut Value>) {
+    for c in list.and_then(Value::as_array_mut).into_iter().flatten() {
+        let image = c
+            .get("image")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        set(c, "imagePullPolicy", json!(pull_policy(&image)));
+        set(c, "terminationMessagePath", json!("/dev/termination-log"));
+        set(c, "terminationMessagePolicy", json!("File"));
+        set(c, "resources", json!({}));
+        for p in c
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            set(p, "protocol", json!("TCP"));
+        }
+    }
+}
+
+/// A PodSpec's defaults.
+pub fn pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set(spec, "restartPolicy", json!("Always"));
+    set(spec, "dnsPolicy", json!("ClusterFirst"));
+    set(spec, "schedulerName", json!("default-scheduler"));
+    set(spec, "terminationGracePeriodSeconds", json!(30));
+    set(spec, "securityContext", json!({}));
+    set(spec, "enableServiceLinks", json!(true));
+    if spec.get("serviceAccountName").is_none() {
+        let sa = spec
+            .get("serviceAccount")
+            .cloned()
+            .unwrap_or(json!("default"));
+        spec["serviceAccountName"] = sa.clone();
+        spec["serviceAccount"] = sa;
+    }
+    containers(spec.get_mut("containers"));
+    containers(spec.get_mut("initContainers"));
+}
+
+fn template(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        pod_spec(spec);
+    }
+}
+
+/// Fills in the defaults of `obj`, a `kind` object.
+pub fn apply(kind: &str, obj: &mut Value) {
+    match kind {
+        "Pod" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                pod_spec(spec);
+            }
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            }
+        }
+        "Deployment" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                set(spec, "replicas", json!(1));
+                set(spec, "revisionHistoryLimit", json!(10));
+                set(spec, "progressDeadlineSeconds", json!(600));
+                set(
+                    spec,
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                );
+            }
+            template(obj);
+        }
+        "ReplicaSet" | "StatefulSet" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                set(spec, "replicas", json!(1));
+            }
+            if kind == "StatefulSet" {
+                if let Some(spec) = obj.get_mut("spec") {
+                    set(spec, "podManagementPolicy", json!("OrderedReady"));
+                    set(spec, "revisionHistoryLimit", json!(10));
+                    set(
+                        spec,
+                        "updateStrategy",
+                        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                    );
+                }
+            }
+            template(obj);
+        }
+        "DaemonSet" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                set(spec, "revisionHistoryLimit", json!(10));
+                set(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
+                );
+            }
+            template(obj);
+        }
+        "Job" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                set(spec, "backoffLimit", json!(6));
+                set(spec, "completions", json!(1));
+                set(spec, "parallelism", json!(1));
+                set(spec, "completionMode", json!("NonIndexed"));
+                set(spec, "suspend", json!(false));
+            }
+            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+                if spec.get("restartPolicy").is_none() {
+                    spec["restartPolicy"] = json!("Never");
+                }
+                pod_spec(spec);
+            }
+        }
+        "CronJob" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                set(spec, "concurrencyPolicy", json!("Allow"));
+                set(spec, "suspend", json!(false));
+                set(spec, "successfulJobsHistoryLimit", json!(3));
+                set(spec, "failedJobsHistoryLimit", json!(1));
+            }
+            if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
+                pod_spec(spec);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_and_templates_get_kubernetes_defaults() {
+        let mut pod = json!({"spec": {"containers": [
+            {"name": "a", "image": "nginx"}, {"name": "b", "image": "nginx:1.25", "ports": [{"containerPort": 80}]}
+        ]}});
+        apply("Pod", &mut pod);
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["serviceAccountName"], "default");
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            pod["spec"]["containers"][1]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+        assert_eq!(pod["spec"]["containers"][1]["ports"][0]["protocol"], "TCP");
+        assert_eq!(pod["status"]["phase"], "Pending");
+
+        let mut deploy = json!({"spec": {"replicas": 0, "template": {"spec": {"containers": [{"name": "a", "image": "x:latest"}]}}}});
+        apply("Deployment", &mut deploy);
+        assert_eq!(deploy["spec"]["replicas"], 0, "a given value is kept");
+        assert_eq!(
+            deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            "25%"
+        );
+        assert_eq!(
+            deploy["spec"]["template"]["spec"]["dnsPolicy"],
+            "ClusterFirst"
+        );
+        let mut job = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        apply("Job", &mut job);
+        assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        assert_eq!(pull_policy("registry:5000/app"), "Always");
+        assert_eq!(pull_policy("registry:5000/app:v1"), "IfNotPresent");
+    }
+}
