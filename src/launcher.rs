@@ -173,6 +173,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .issue(&CertRequest::client("admin", &["system:masters"]))
         .context("issuing the admin certificate")?;
     let (admin_cert, admin_key) = admin.write(&pki_dir, "admin")?;
+    let sa_key = pki_dir.join(flotilla_apiserver::tokens::KEY_FILE);
+    if !sa_key.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&sa_key)
+            .with_context(|| format!("creating {}", sa_key.display()))?;
+        f.write_all(&flotilla_apiserver::tokens::generate_key())?;
+    }
 
     // Members keep their peer addresses across restarts (the Raft membership names them), so
     // they are recorded once in DIR/members.json and reused from then on.

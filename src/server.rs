@@ -358,7 +358,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API address {}", args.listen_api))?;
     let api_addr = api_listener.local_addr()?;
-    let api = flotilla_apiserver::http::Api::new(node.clone());
+    let tokens = match std::fs::read(args.pki_dir.join(flotilla_apiserver::tokens::KEY_FILE)) {
+        Ok(key) => Some(
+            flotilla_apiserver::tokens::TokenSigner::new(&key)
+                .map_err(anyhow::Error::msg)
+                .context("reading the service-account key")?,
+        ),
+        Err(_) => {
+            tracing::warn!(
+                "no service-account key in the PKI dir; service-account tokens are disabled"
+            );
+            None
+        }
+    };
+    let api = flotilla_apiserver::http::Api::with_tokens(node.clone(), tokens);
     tasks.spawn("kubernetes-api", {
         let api = api.clone();
         move |shutdown| async move {

@@ -594,3 +594,148 @@ fn services_get_unique_addresses_and_finalizers_hold_deletions() {
         show(&out)
     );
 }
+
+/// A kubeconfig for a user with a client certificate from the cluster CA.
+fn user_kubeconfig(cluster: &LocalCluster, user: &str, groups: &[&str]) -> PathBuf {
+    let pki = cluster.dir().join("pki");
+    let ca = flotilla_pki::ClusterCa::load(&pki).unwrap();
+    ca.issue(&flotilla_pki::CertRequest::client(user, groups))
+        .unwrap()
+        .write(&pki, user)
+        .unwrap();
+    let api = cluster.cluster_json()["processes"][0]["endpoints"]["api"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = cluster.dir().join(format!("{user}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {api}\n    \
+             certificate-authority: {ca}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
+             current-context: c\nusers:\n- name: u\n  user:\n    client-certificate: {cert}\n    \
+             client-key: {key}\n",
+            ca = pki.join("ca.crt").display(),
+            cert = pki.join(format!("{user}.crt")).display(),
+            key = pki.join(format!("{user}.key")).display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn rbac_decides_what_a_user_may_do() {
+    let cluster = LocalCluster::up("rbac", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    let admin = Kubectl::new(&cluster, "1.33");
+    let alice = Kubectl {
+        kubeconfig: user_kubeconfig(&cluster, "alice", &["devs"]),
+        ..Kubectl::new(&cluster, "1.33")
+    };
+    admin.ok(&["create", "configmap", "cfg", "--from-literal=a=1"]);
+
+    // Without a binding: 403 with Kubernetes' message; discovery still works.
+    let out = alice.run(&["get", "configmaps"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains(r#"User "alice" cannot list resource "configmaps""#),
+        "{err}"
+    );
+    assert!(alice.run(&["api-resources"]).status.success());
+
+    // A Role bound to alice's group lets her read config maps in default, nothing more.
+    admin.ok(&[
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list,watch",
+        "--resource=configmaps",
+    ]);
+    admin.ok(&[
+        "create",
+        "rolebinding",
+        "devs-read",
+        "--role=reader",
+        "--group=devs",
+    ]);
+    assert_eq!(
+        alice.ok(&["get", "cm", "cfg", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    let out = alice.run(&["delete", "cm", "cfg"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot delete"),
+        "{}",
+        show(&out)
+    );
+    let out = alice.run(&["-n", "kube-system", "get", "cm"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    // A ClusterRoleBinding to alice herself opens every namespace.
+    admin.ok(&[
+        "create",
+        "clusterrole",
+        "cm-reader",
+        "--verb=list",
+        "--resource=configmaps",
+    ]);
+    admin.ok(&[
+        "create",
+        "clusterrolebinding",
+        "alice-cm",
+        "--clusterrole=cm-reader",
+        "--user=alice",
+    ]);
+    assert!(alice
+        .run(&["-n", "kube-system", "get", "cm"])
+        .status
+        .success());
+
+    // Service accounts: `kubectl create token` issues a bearer token that any master accepts;
+    // RBAC applies to it like to a user; a forged token is 401.
+    admin.ok(&["create", "serviceaccount", "bot"]);
+    let token = admin.ok(&["create", "token", "bot"]).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+    let ca = cluster.dir().join("pki/ca.crt");
+    let as_bot = |master: usize, token: &str, args: &[&str]| {
+        let api = cluster.cluster_json()["processes"][master]["endpoints"]["api"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Command::new(&admin.bin)
+            .args([
+                "--kubeconfig",
+                "/dev/null",
+                "--server",
+                &api,
+                "--token",
+                token,
+            ])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .args(["--cache-dir"])
+            .arg(cluster.dir().join("bot-cache"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_bot(1, &token, &["get", "cm", "cfg"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("system:serviceaccount:default:bot"),
+        "{}",
+        show(&out)
+    );
+    admin.ok(&[
+        "create",
+        "rolebinding",
+        "bot-read",
+        "--role=reader",
+        "--serviceaccount=default:bot",
+    ]);
+    let out = as_bot(2, &token, &["get", "cm", "cfg", "-o", "name"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let forged = format!("{token}x");
+    let out = as_bot(0, &forged, &["get", "cm"]);
+    assert!(!out.status.success());
+    // kubectl's words for a 401.
+    assert!(show(&out).contains("provide credentials"), "{}", show(&out));
+}

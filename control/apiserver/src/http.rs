@@ -41,13 +41,21 @@ pub struct User {
 #[derive(Debug)]
 pub struct Api<B> {
     storage: Storage<B>,
+    tokens: Option<crate::tokens::TokenSigner>,
 }
 
 impl<B: Backend> Api<B> {
     /// Serves the objects in `backend`.
     pub fn new(backend: B) -> Arc<Api<B>> {
+        Api::with_tokens(backend, None)
+    }
+
+    /// Serves the objects in `backend`, issuing and accepting service-account tokens signed by
+    /// `tokens` (without one, bearer tokens are refused).
+    pub fn with_tokens(backend: B, tokens: Option<crate::tokens::TokenSigner>) -> Arc<Api<B>> {
         Arc::new(Api {
             storage: Storage::new(backend),
+            tokens,
         })
     }
 
@@ -183,10 +191,21 @@ fn wants_table(headers: &HeaderMap) -> bool {
 }
 
 async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Response {
-    if req.extensions().get::<User>().is_none() {
-        return error_response(&ApiError::Unauthorized);
-    }
-    match serve(api, req).await {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let user = match (req.extensions().get::<User>().cloned(), bearer, &api.tokens) {
+        (Some(u), _, _) => u,
+        (None, Some(token), Some(signer)) => match signer.verify(&token) {
+            Ok(u) => u,
+            Err(e) => return error_response(&e),
+        },
+        _ => return error_response(&ApiError::Unauthorized),
+    };
+    match serve(api, &user, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
@@ -211,7 +230,57 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
-async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, ApiError> {
+/// The RBAC attributes of a request for a resource (`None`: discovery and the like, open to
+/// every authenticated user).
+fn attributes<'a>(
+    method: &Method,
+    target: &'a Target,
+    watch: bool,
+) -> Option<crate::rbac::Attributes<'a>> {
+    let (res, ns, name, sub, verb) = match target {
+        Target::Collection(res, ns) => {
+            let verb = match *method {
+                Method::GET if watch => "watch",
+                Method::GET => "list",
+                Method::POST => "create",
+                Method::DELETE => "deletecollection",
+                _ => "unknown",
+            };
+            (*res, ns.as_deref(), None, None, verb)
+        }
+        Target::Object(res, ns, name, sub) => {
+            let verb = match *method {
+                Method::GET => "get",
+                Method::POST => "create",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE => "delete",
+                _ => "unknown",
+            };
+            let ns = if res.kind == "Namespace" {
+                Some(name.as_str())
+            } else {
+                ns.as_deref()
+            };
+            (*res, ns, Some(name.as_str()), sub.as_deref(), verb)
+        }
+        _ => return None,
+    };
+    Some(crate::rbac::Attributes {
+        verb,
+        group: res.group,
+        resource: res.plural,
+        subresource: sub,
+        namespace: ns,
+        name,
+    })
+}
+
+async fn serve<B: Backend>(
+    api: Arc<Api<B>>,
+    user: &User,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     // Bodies are JSON, or Kubernetes protobuf for the built-in kinds.
     let content_type = parts
@@ -236,6 +305,9 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
     let table = wants_table(&parts.headers);
     let target = parse_path(&path)?;
     let method = parts.method.clone();
+    if let Some(attrs) = attributes(&method, &target, query.watch) {
+        crate::rbac::authorize(&api.storage, user, &attrs).await?;
+    }
     match (method, target) {
         (Method::GET, Target::Version) => Ok(json_response(StatusCode::OK, &version())),
         (_, Target::Health) => Ok((StatusCode::OK, "ok").into_response()),
@@ -361,6 +433,45 @@ async fn serve<B: Backend>(api: Arc<Api<B>>, req: Request) -> Result<Response, A
                 kind: res.plural.into(),
                 name,
             })
+        }
+        (Method::POST, Target::Object(res, Some(ns), name, Some(sub)))
+            if sub == "token" && res.kind == "ServiceAccount" =>
+        {
+            let signer = api.tokens.as_ref().ok_or_else(|| {
+                ApiError::Forbidden("this API server has no service-account signing key".into())
+            })?;
+            let req = parse_body(protobuf, &read_body(body).await?)?;
+            let sa = api.storage.get(res, Some(&ns), &name).await?;
+            let uid = sa
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let audiences: Vec<String> = req
+                .pointer("/spec/audiences")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ttl = req
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_i64);
+            let (token, exp) = signer.issue(&ns, &name, uid, ttl, &audiences);
+            let expiry = jiff::Timestamp::from_second(exp)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({
+                    "kind": "TokenRequest",
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+                    "spec": {"audiences": audiences, "expirationSeconds": ttl.unwrap_or(3600), "boundObjectRef": null},
+                    "status": {"token": token, "expirationTimestamp": expiry},
+                }),
+            ))
         }
         (Method::GET, Target::Object(res, ns, name, Some(sub))) if sub == "status" => {
             Ok(json_response(
@@ -870,6 +981,17 @@ fn resource_list(group: &str, version: &str) -> Value {
             "kind": r.kind,
             "verbs": ["get", "patch", "update"],
         }));
+        if r.kind == "ServiceAccount" {
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if has_scale(r) {
             resources.push(json!({
                 "name": format!("{}/scale", r.plural),
