@@ -315,6 +315,20 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             "jsonpath={.spec.replicas} {.spec.template.spec.containers[*].image} {.spec.template.spec.containers[0].ports[0].containerPort}",
         ]);
         assert_eq!(got, "3 nginx:2 busybox 80");
+        // Default validation is strict, done by the server: a misspelt field is refused.
+        let typo = write(
+            cluster.dir(),
+            &format!("{ns}-typo.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\n  namespace: {ns}\ndatta:\n  a: b\n"),
+        );
+        let out = k.run(&["apply", "-f", &typo]);
+        assert!(!out.status.success(), "{}", show(&out));
+        assert!(
+            show(&out).contains(r#"unknown field "datta""#),
+            "{}",
+            show(&out)
+        );
+
         // scale (the autoscaling/v1 Scale subresource) and edit (KUBE_EDITOR).
         k.ok(&["-n", &ns, "scale", "deployment", "app", "--replicas=5"]);
         assert_eq!(

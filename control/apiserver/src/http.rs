@@ -91,6 +91,7 @@ struct Query {
     field_selector: Option<FieldSelector>,
     timeout_seconds: Option<u64>,
     dry_run: bool,
+    strict: bool,
 }
 
 fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
@@ -107,6 +108,15 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
                 })?)
             }
             "dryRun" => out.dry_run = v == "All",
+            "fieldValidation" => match v.as_ref() {
+                "Strict" => out.strict = true,
+                "Warn" | "Ignore" | "" => {}
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "fieldValidation {other:?} is not one of Strict, Warn, Ignore"
+                    )))
+                }
+            },
             _ => {}
         }
     }
@@ -361,6 +371,9 @@ async fn serve<B: Backend>(
                 require_namespace(&api, ns).await?;
             }
             let obj = objects::prepare_create(res, ns.as_deref(), obj)?;
+            if query.strict {
+                crate::validation::strict(res.kind, &obj)?;
+            }
             if query.dry_run {
                 return Ok(json_response(StatusCode::CREATED, &obj));
             }
@@ -494,6 +507,9 @@ async fn serve<B: Backend>(
             let current = api.storage.get(res, ns.as_deref(), &name).await?;
             let obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
+            if query.strict {
+                crate::validation::strict(res.kind, &obj)?;
+            }
             let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
             let updated = finish_deletion(&api, res, ns.as_deref(), updated).await?;
             Ok(json_response(StatusCode::OK, &updated))
@@ -518,6 +534,9 @@ async fn serve<B: Backend>(
                     &current,
                     patched,
                 )?;
+                if query.strict {
+                    crate::validation::strict(res.kind, &obj)?;
+                }
                 match api.storage.update(res, ns.as_deref(), &obj).await {
                     Err(ApiError::Conflict { .. })
                         if resource_version(&patch_rv(&patch)).unwrap_or(0) == 0 =>

@@ -14,6 +14,7 @@
 pub mod allocate;
 pub mod bootstrap;
 pub mod defaults;
+mod fuzz;
 pub mod http;
 pub mod objects;
 pub mod openapi;
@@ -28,3 +29,4 @@ pub mod storage;
 pub mod table;
 pub mod tls;
 pub mod tokens;
+pub mod validation;
