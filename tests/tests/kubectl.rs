@@ -534,6 +534,9 @@ fn services_get_unique_addresses_and_finalizers_hold_deletions() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 10, "a ClusterIP was handed out twice: {ips:?}");
+    // Paged lists (kubectl's --chunk-size is the API's limit/continue) return every object once.
+    let paged = k.ok(&["get", "svc", "--chunk-size=3", "-o", "name"]);
+    assert_eq!(paged.lines().count(), 10, "{paged}");
     let ports = k.ok(&[
         "get",
         "svc",

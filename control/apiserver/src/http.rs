@@ -92,6 +92,8 @@ struct Query {
     timeout_seconds: Option<u64>,
     dry_run: bool,
     strict: bool,
+    limit: u64,
+    continue_token: Option<String>,
 }
 
 fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
@@ -107,6 +109,12 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
                     ApiError::BadRequest(format!("timeoutSeconds {v:?} is not a number"))
                 })?)
             }
+            "limit" => {
+                out.limit = v
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest(format!("limit {v:?} is not a number")))?
+            }
+            "continue" if !v.is_empty() => out.continue_token = Some(v.into_owned()),
             "dryRun" => out.dry_run = v == "All",
             "fieldValidation" => match v.as_ref() {
                 "Strict" => out.strict = true,
@@ -350,6 +358,31 @@ async fn serve<B: Backend>(
         (Method::GET, Target::Collection(res, ns)) if query.watch => {
             watch(&api, res, ns.as_deref(), &query, table).await
         }
+        (Method::GET, Target::Collection(res, ns))
+            if query.limit > 0 || query.continue_token.is_some() =>
+        {
+            let (items, rv, next, remaining) = api
+                .storage
+                .list_page(
+                    res,
+                    ns.as_deref(),
+                    query.limit,
+                    query.continue_token.as_deref(),
+                )
+                .await?;
+            let items: Vec<Value> = items.into_iter().filter(|o| selected(&query, o)).collect();
+            let mut list = if table {
+                table::table(res.kind, &items, Some(rv))
+            } else {
+                json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
+                       "metadata": {"resourceVersion": rv.to_string()}, "items": items})
+            };
+            if let Some(next) = next {
+                list["metadata"]["continue"] = json!(next);
+                list["metadata"]["remainingItemCount"] = json!(remaining.unwrap_or(0));
+            }
+            Ok(json_response(StatusCode::OK, &list))
+        }
         (Method::GET, Target::Collection(res, ns)) => {
             let items = list(&api, res, ns.as_deref(), &query).await?;
             let (items, rv) = items;
@@ -393,12 +426,6 @@ async fn serve<B: Backend>(
         (m @ (Method::PUT | Method::PATCH), Target::Object(res, ns, name, Some(sub)))
             if sub == "scale" && has_scale(res) =>
         {
-            let content_type = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
             let body = parse_json(&read_body(body).await?)?;
             for _ in 0..5 {
                 let current = api.storage.get(res, ns.as_deref(), &name).await?;
@@ -515,12 +542,6 @@ async fn serve<B: Backend>(
             Ok(json_response(StatusCode::OK, &updated))
         }
         (Method::PATCH, Target::Object(res, ns, name, sub)) => {
-            let content_type = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
             let patch = parse_json(&read_body(body).await?)?;
             // Retry on conflicts: a patch applies to whatever is current.
             for _ in 0..5 {

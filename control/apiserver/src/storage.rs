@@ -220,6 +220,55 @@ impl<B: Backend> Storage<B> {
         Ok((items, h.revision))
     }
 
+    /// One page of a list: at most `limit` objects, after the position `cont` (a token an
+    /// earlier page returned) and at that page's revision, so that pages make one consistent
+    /// list. Returns the objects, the revision, the token for the next page (if any) and how
+    /// many objects remain after this page.
+    pub async fn list_page(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        limit: u64,
+        cont: Option<&str>,
+    ) -> Result<(Vec<Value>, u64, Option<String>, Option<u64>), ApiError> {
+        let scope = match ns.filter(|_| res.namespaced) {
+            Some(ns) => Scope::Namespace(ns),
+            None => Scope::All,
+        };
+        let full = registry::list_range(res.plural, scope);
+        let (range, revision) = match cont {
+            None => (full, 0),
+            Some(token) => {
+                let (rev, after) = decode_continue(token)?;
+                let mut start = after;
+                start.push(0);
+                let range = match full {
+                    KeyRange::HalfOpen { end, .. } => KeyRange::HalfOpen { start, end },
+                    _ => KeyRange::From(start),
+                };
+                (range, rev)
+            }
+        };
+        let mut req = RangeRequest::new(range);
+        req.limit = limit;
+        req.revision = revision;
+        let (h, resp) = self.backend.range(req, false).await.map_err(internal)?;
+        let revision = if revision == 0 { h.revision } else { revision };
+        let items = resp
+            .kvs
+            .iter()
+            .map(|kv| decode(&kv.value, kv.mod_revision))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match (resp.more, resp.kvs.last()) {
+            (true, Some(last)) => Some(encode_continue(revision, &last.key)),
+            _ => None,
+        };
+        let remaining = next
+            .as_ref()
+            .map(|_| resp.count.saturating_sub(resp.kvs.len() as u64));
+        Ok((items, revision, next, remaining))
+    }
+
     /// Creates `obj` (named by its `metadata.name`); 409 AlreadyExists if the name is taken.
     pub async fn create(
         &self,
@@ -468,6 +517,34 @@ impl<B: Backend> Storage<B> {
     }
 }
 
+/// A continue token: the revision of the list and the last key returned, hex-encoded.
+fn encode_continue(revision: u64, last: &[u8]) -> String {
+    let hex: String = last.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{revision}-{hex}")
+}
+
+fn decode_continue(token: &str) -> Result<(u64, Vec<u8>), ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "invalid continue token {token:?}: pass the one the previous page returned"
+        ))
+    };
+    let (rev, hex) = token.split_once('-').ok_or_else(bad)?;
+    let rev = rev.parse().map_err(|_| bad())?;
+    if hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let key = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    if !key.starts_with(registry::ROOT.as_bytes()) {
+        return Err(bad());
+    }
+    Ok((rev, key))
+}
+
 /// Sets `metadata.resourceVersion` to `revision`.
 fn stamp(obj: &mut Value, revision: u64) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -567,6 +644,48 @@ mod tests {
             s.delete(res, ns, "a", None).await,
             Err(ApiError::NotFound { .. })
         ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn lists_page_consistently_with_continue_tokens() {
+        let (s, dir) = storage("pages");
+        let res = resources::find("", "v1", "configmaps").unwrap();
+        for i in 0..5 {
+            s.create(res, Some("default"), &cm(&format!("c{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        let (page, rev, next, remaining) =
+            s.list_page(res, Some("default"), 2, None).await.unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(remaining, Some(3));
+        // A write after the first page does not show in the later pages of this list.
+        s.create(res, Some("default"), &cm("c9", "x"))
+            .await
+            .unwrap();
+        let mut names: Vec<String> = page
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().into())
+            .collect();
+        let mut token = next;
+        while let Some(t) = token {
+            let (page, r, next, _) = s
+                .list_page(res, Some("default"), 2, Some(&t))
+                .await
+                .unwrap();
+            assert_eq!(r, rev);
+            names.extend(
+                page.iter()
+                    .map(|o| o["metadata"]["name"].as_str().unwrap().to_string()),
+            );
+            token = next;
+        }
+        assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
+        assert!(s
+            .list_page(res, Some("default"), 2, Some("garbage"))
+            .await
+            .is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 
