@@ -375,7 +375,12 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing_once_space_returns() {
         assert!(up.status.success(), "{}", show(&up));
         let cluster = LocalCluster::adopt(&dir);
         let leader = wait_for_leader(&cluster).await;
-        let mut kv = KvClient::new(client(&cluster, leader).await);
+        // Deadlines longer than the server's own (10 s), so that the server's answer arrives.
+        let mut kv = KvClient::new(
+            connect(&cluster, leader, Duration::from_secs(15))
+                .await
+                .unwrap(),
+        );
         let value = vec![b'v'; 1024 * 1024];
         let mut acked = Vec::new();
         let mut refusal = None;
@@ -396,9 +401,9 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing_once_space_returns() {
         }
         let refusal = refusal.expect("a 48 MiB disk never filled up");
         eprintln!("{} writes acknowledged; then: {refusal}", acked.len());
-        // Which member's disk fails first is a race: a leader whose followers stopped can only
-        // time out for want of a quorum. Every member still up is asked once more, with a
-        // deadline longer than the server's own (10 s); a member whose store failed says why.
+        // Which member's disk fails first is a race: a member whose store failed says so; a
+        // leader whose followers stopped can only say it has no quorum. Every member still up
+        // is asked once more: each answer must be one of the two, never a hang.
         let mut answers = vec![refusal.message().to_string()];
         for member in 0..3 {
             let Ok(channel) = connect(&cluster, member, Duration::from_secs(15)).await else {
@@ -415,11 +420,20 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing_once_space_returns() {
                 answers.push(e.message().to_string());
             }
         }
+        for a in &answers {
+            assert!(
+                a.contains("No space left on device") || a.contains("no leader or quorum"),
+                "unclear answer while the disk is full: {a:?}"
+            );
+        }
+        // The members that stopped say why in their logs.
+        let logs: String = ["m1", "m2", "m3"]
+            .iter()
+            .map(|m| std::fs::read_to_string(dir.join(m).join("server.log")).unwrap_or_default())
+            .collect();
         assert!(
-            answers
-                .iter()
-                .any(|m| m.contains("No space left on device")),
-            "no member named the full disk: {answers:?}"
+            logs.contains("No space left on device"),
+            "no member logged the full disk"
         );
 
         // Space returns; the members start again with every acknowledged write intact.

@@ -226,9 +226,13 @@ impl StoreNode {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             let tried = self.leadership();
-            let why = match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(why) => why,
+            // An attempt may wait for a commit that never comes (a leader that lost its
+            // followers does not know it yet): it is bounded by the request's deadline.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let why = match tokio::time::timeout(left, attempt()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(why)) => why,
+                Err(_) => format!("no commit within {REQUEST_TIMEOUT:?}"),
             };
             if let Err(fatal) = &self.raft.metrics().borrow().running_state {
                 // A storage failure (disk full) stopped Raft here: say so at once.
