@@ -358,9 +358,8 @@ async fn serve<B: Backend>(
         (Method::GET, Target::Collection(res, ns)) if query.watch => {
             watch(&api, res, ns.as_deref(), &query, table).await
         }
-        (Method::GET, Target::Collection(res, ns))
-            if query.limit > 0 || query.continue_token.is_some() =>
-        {
+        (Method::GET, Target::Collection(res, ns)) => {
+            // One path for whole and paged lists: without a limit the first page is everything.
             let (items, rv, next, remaining) = api
                 .storage
                 .list_page(
@@ -382,21 +381,6 @@ async fn serve<B: Backend>(
                 list["metadata"]["remainingItemCount"] = json!(remaining.unwrap_or(0));
             }
             Ok(json_response(StatusCode::OK, &list))
-        }
-        (Method::GET, Target::Collection(res, ns)) => {
-            let items = list(&api, res, ns.as_deref(), &query).await?;
-            let (items, rv) = items;
-            if table {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &table::table(res.kind, &items, Some(rv)),
-                ));
-            }
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
-                        "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
-            ))
         }
         (Method::POST, Target::Collection(res, ns)) => {
             let obj = parse_body(protobuf, &read_body(body).await?)?;
