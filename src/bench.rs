@@ -10,13 +10,16 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
+mod api;
+mod common;
 mod kv;
 
 /// Flags of `flotilla bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The suite to run: `kv` (the replicated store against a 3-member etcd 3.4, same client,
-    /// same workload). Planned: `routing` (eBPF Service routing against iptables).
+    /// same workload) or `api` (the Kubernetes API server on 3 masters against the API
+    /// server issue's bars). Planned: `routing` (eBPF Service routing against iptables).
     pub suite: String,
 
     /// Print one JSON document with every figure and ratio instead of a table.
@@ -38,10 +41,34 @@ pub struct BenchArgs {
     /// Bytes per value written (kv).
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
+
+    /// Concurrent creating clients (api).
+    #[arg(long, default_value_t = 64)]
+    pub api_clients: usize,
+
+    /// Target pod creates per second of the fixed-rate measurement (api).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+
+    /// Pods that exist for the LIST measurement (api).
+    #[arg(long, default_value_t = 10_000)]
+    pub pods: usize,
+
+    /// Concurrent watchers (api).
+    #[arg(long, default_value_t = 1_000)]
+    pub watchers: usize,
+
+    /// Changes made while the watchers watch (api).
+    #[arg(long, default_value_t = 1_000)]
+    pub burst: usize,
+
+    /// Concurrent clients making those changes (api).
+    #[arg(long, default_value_t = 64)]
+    pub burst_clients: usize,
 }
 
 /// Suites that run today.
-const AVAILABLE: &[&str] = &["kv"];
+const AVAILABLE: &[&str] = &["kv", "api"];
 
 /// Suites that will exist, with the issue that brings each.
 const PLANNED: &[(&str, &str)] = &[("routing", "eBPF routing (Service routing against iptables)")];
@@ -55,6 +82,15 @@ fn run_suite(args: &BenchArgs) -> Option<anyhow::Result<Report>> {
             clients: args.clients.clone(),
             read_clients: args.read_clients,
             value_size: args.value_size,
+        })),
+        "api" => Some(api::run(&api::ApiWorkload {
+            seconds: args.seconds,
+            clients: args.api_clients,
+            rate: args.rate,
+            pods: args.pods,
+            watchers: args.watchers,
+            burst: args.burst,
+            burst_clients: args.burst_clients,
         })),
         _ => None,
     }

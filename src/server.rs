@@ -372,6 +372,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     };
     let api = flotilla_apiserver::http::Api::with_tokens(node.clone(), tokens);
+    api.start_caches();
     tasks.spawn("kubernetes-api", {
         let api = api.clone();
         move |shutdown| async move {

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use flotilla_pki::{CertRequest, ClusterCa, Usage};
 
+use super::common::{summarize, FlotillaCluster, Measured, ScratchDir};
 use super::{Better, Figure, Report};
 
 /// What one run measures.
@@ -38,25 +39,23 @@ pub struct KvWorkload {
 const KEYS_PER_CLIENT: usize = 100;
 
 pub fn run(work: &KvWorkload) -> anyhow::Result<Report> {
-    let root = std::env::var_os("FLOTILLA_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-        .join(format!("flotilla-bench-kv-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let _cleanup = RemoveDir(root.clone());
+    let scratch = ScratchDir::new("kv")?;
+    let root = &scratch.0;
 
     eprintln!("starting a 3-master Flotilla store…");
     let flotilla = FlotillaCluster::start(&root.join("flotilla"))?;
     eprintln!("starting a 3-member etcd 3.4…");
-    let etcd = EtcdCluster::start(&root.join("etcd"), &flotilla.pki)?;
+    let pki = Pki {
+        dir: flotilla.pki_dir(),
+    };
+    let etcd = EtcdCluster::start(&root.join("etcd"), &pki)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let tls = flotilla.pki.tls()?;
-        let f = connect(&flotilla.endpoints, tls.clone()).await?;
+        let tls = pki.tls()?;
+        let f = connect(&flotilla.endpoints("etcd"), tls.clone()).await?;
         let e = connect(&etcd.endpoints, tls).await?;
         let mut figures = Vec::new();
         let dur = Duration::from_secs_f64(work.seconds);
@@ -112,30 +111,6 @@ pub fn run(work: &KvWorkload) -> anyhow::Result<Report> {
             figures,
         })
     })
-}
-
-/// Throughput and latency of one measurement.
-#[derive(Debug, Clone, Copy)]
-struct Measured {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Measured {
-    latencies.sort_unstable();
-    let pick = |q: f64| {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1000.0
-    };
-    Measured {
-        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: pick(0.50),
-        p99_ms: pick(0.99),
-    }
 }
 
 /// Runs `clients` concurrent loops of `op` for `dur`; every operation must succeed.
@@ -221,67 +196,6 @@ impl Pki {
             .ca_certificate(Certificate::from_pem(read(flotilla_pki::CA_CERT_FILE)?))
             .identity(Identity::from_pem(read("admin.crt")?, read("admin.key")?))
             .domain_name("127.0.0.1"))
-    }
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A Flotilla cluster started with `flotilla up`, stopped with `flotilla down` on drop.
-struct FlotillaCluster {
-    dir: PathBuf,
-    endpoints: Vec<String>,
-    pki: Pki,
-}
-
-impl FlotillaCluster {
-    fn start(dir: &Path) -> anyhow::Result<FlotillaCluster> {
-        let exe = std::env::current_exe()?;
-        let out = Command::new(&exe)
-            .args(["up", "--nodes", "0", "--no-demo", "--dir"])
-            .arg(dir)
-            .output()
-            .context("running flotilla up")?;
-        let mut cluster = FlotillaCluster {
-            dir: dir.to_path_buf(),
-            endpoints: Vec::new(),
-            pki: Pki {
-                dir: dir.join("pki"),
-            },
-        };
-        if !out.status.success() {
-            bail!(
-                "flotilla up failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let info: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("cluster.json"))?)?;
-        cluster.endpoints = info["processes"]
-            .as_array()
-            .context("cluster.json lists no processes")?
-            .iter()
-            .filter_map(|p| p["endpoints"]["etcd"].as_str().map(String::from))
-            .collect();
-        Ok(cluster)
-    }
-}
-
-impl Drop for FlotillaCluster {
-    fn drop(&mut self) {
-        if let Ok(exe) = std::env::current_exe() {
-            let _ = Command::new(exe)
-                .args(["down", "--purge", "--dir"])
-                .arg(&self.dir)
-                .stdout(Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -424,21 +338,5 @@ impl Drop for EtcdCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_and_rates_come_from_the_samples() {
-        let lat: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        let m = summarize(lat, Duration::from_secs(2));
-        assert_eq!(m.rate, 50.0);
-        assert_eq!(m.p50_ms, 50.0);
-        assert_eq!(m.p99_ms, 99.0);
-        let empty = summarize(Vec::new(), Duration::from_secs(1));
-        assert_eq!((empty.rate, empty.p99_ms), (0.0, 0.0));
     }
 }

@@ -41,6 +41,7 @@ pub struct User {
 #[derive(Debug)]
 pub struct Api<B> {
     storage: Storage<B>,
+    caches: crate::cache::Caches<B>,
     tokens: Option<crate::tokens::TokenSigner>,
 }
 
@@ -53,10 +54,17 @@ impl<B: Backend> Api<B> {
     /// Serves the objects in `backend`, issuing and accepting service-account tokens signed by
     /// `tokens` (without one, bearer tokens are refused).
     pub fn with_tokens(backend: B, tokens: Option<crate::tokens::TokenSigner>) -> Arc<Api<B>> {
+        let storage = Storage::new(backend);
         Arc::new(Api {
-            storage: Storage::new(backend),
+            caches: crate::cache::Caches::new(storage.clone()),
+            storage,
             tokens,
         })
+    }
+
+    /// Starts the watch cache of every resource (servers call this once at start).
+    pub fn start_caches(&self) {
+        self.caches.start_all();
     }
 
     /// The storage layer.
@@ -94,6 +102,7 @@ struct Query {
     strict: bool,
     limit: u64,
     continue_token: Option<String>,
+    bookmarks: bool,
 }
 
 fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
@@ -116,6 +125,7 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
             }
             "continue" if !v.is_empty() => out.continue_token = Some(v.into_owned()),
             "dryRun" => out.dry_run = v == "All",
+            "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
             "fieldValidation" => match v.as_ref() {
                 "Strict" => out.strict = true,
                 "Warn" | "Ignore" | "" => {}
@@ -359,7 +369,13 @@ async fn serve<B: Backend>(
             watch(&api, res, ns.as_deref(), &query, table).await
         }
         (Method::GET, Target::Collection(res, ns)) => {
-            // One path for whole and paged lists: without a limit the first page is everything.
+            if query.continue_token.is_none() {
+                if let Some(r) = cached_list(&api, res, ns.as_deref(), &query, table).await? {
+                    return Ok(r);
+                }
+            }
+            // The store serves pages, all at the first page's revision; without a limit the
+            // first page is everything.
             let (items, rv, next, remaining) = api
                 .storage
                 .list_page(
@@ -562,6 +578,7 @@ async fn serve<B: Backend>(
         (Method::DELETE, Target::Object(res, ns, name, None)) => {
             let opts = delete_options(body, parts.uri.query()).await?;
             if res.kind == "Namespace" {
+                mark_terminating(&api, res, &name).await?;
                 delete_namespace_contents(&api, &name).await?;
             }
             let gone = delete_object(&api, res, ns.as_deref(), &name, &opts).await?;
@@ -809,6 +826,14 @@ async fn finish_deletion<B: Backend>(
 
 async fn require_namespace<B: Backend>(api: &Api<B>, ns: &str) -> Result<(), ApiError> {
     let res = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    // A namespace the cache knows and that is not terminating exists (namespaces are
+    // deleted through a Terminating phase); anything else is checked in the store.
+    let cached = api.caches.current(res).and_then(|c| c.get(None, ns));
+    if cached.is_some_and(|n| {
+        n.value.pointer("/status/phase").and_then(Value::as_str) != Some("Terminating")
+    }) {
+        return Ok(());
+    }
     match api.storage.get(res, None, ns).await {
         Ok(n) if n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
             Err(ApiError::Forbidden(format!(
@@ -821,6 +846,34 @@ async fn require_namespace<B: Backend>(api: &Api<B>, ns: &str) -> Result<(), Api
             name: ns.into(),
         }),
         Err(e) => Err(e),
+    }
+}
+
+/// Puts namespace `name` in the Terminating phase, so that no master accepts new content in
+/// it while its contents are deleted.
+async fn mark_terminating<B: Backend>(
+    api: &Api<B>,
+    res: &Resource,
+    name: &str,
+) -> Result<(), ApiError> {
+    loop {
+        let mut ns = match api.storage.get(res, None, name).await {
+            Ok(ns) => ns,
+            // The delete itself reports it.
+            Err(ApiError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+            return Ok(());
+        }
+        let now = jiff::Timestamp::now();
+        ns["metadata"]["deletionTimestamp"] =
+            json!(now.round(jiff::Unit::Second).unwrap_or(now).to_string());
+        ns["status"]["phase"] = json!("Terminating");
+        match api.storage.update(res, None, &ns).await {
+            Err(ApiError::Conflict { .. }) => continue,
+            other => return other.map(|_| ()),
+        }
     }
 }
 
@@ -859,9 +912,190 @@ async fn list<B: Backend>(
     Ok((items.into_iter().filter(|o| selected(q, o)).collect(), rv))
 }
 
+/// The revision a read must reflect: the store's current one (read through Raft) when the
+/// request names no resourceVersion, else the one it names ("0": any).
+async fn min_revision<B: Backend>(api: &Api<B>, q: &Query) -> Result<u64, ApiError> {
+    if q.resource_version.is_empty() {
+        api.storage.revision().await
+    } else {
+        crate::registry::parse_resource_version(&q.resource_version).map_err(ApiError::BadRequest)
+    }
+}
+
+/// A whole list from the watch cache, or `None` when the store must serve it (the cache cannot
+/// catch up, or the list needs more than one page).
+async fn cached_list<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+    table: bool,
+) -> Result<Option<Response>, ApiError> {
+    let min = min_revision(api, q).await?;
+    let Some(cache) = api.caches.fresh(res, min).await else {
+        return Ok(None);
+    };
+    let (entries, rv) = cache.list(ns);
+    let items: Vec<_> = entries
+        .into_iter()
+        .filter(|e| selected(q, &e.value))
+        .collect();
+    if q.limit > 0 && items.len() as u64 > q.limit {
+        return Ok(None);
+    }
+    if table {
+        let values: Vec<Value> = items.iter().map(|e| e.value.clone()).collect();
+        let list = table::table(res.kind, &values, Some(rv));
+        return Ok(Some(json_response(StatusCode::OK, &list)));
+    }
+    // The objects are JSON already: the list is their concatenation.
+    let head = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
+                      "metadata": {"resourceVersion": rv.to_string()}});
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    body.pop(); // the closing brace
+    body.extend_from_slice(b",\"items\":[");
+    body.reserve(items.iter().map(|e| e.json.len() + 1).sum());
+    for (i, e) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&e.json);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(Some(
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+    ))
+}
+
+fn watch_response(rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::TRANSFER_ENCODING, "chunked"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Batches of watch events joined into one write when they queue up for a client.
+const WATCH_CHUNK_BATCHES: usize = 16;
+
 /// A watch: newline-delimited JSON events, first the current objects as ADDED when no
-/// resourceVersion (or "0") is given, then every change.
+/// resourceVersion (or "0") is given, then every change. Served by the watch cache; the store
+/// serves watches from a revision older than the cache's history.
 async fn watch<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+    table: bool,
+) -> Result<Response, ApiError> {
+    let from = crate::registry::parse_resource_version(&q.resource_version)
+        .map_err(ApiError::BadRequest)?;
+    let min = min_revision(api, q).await?;
+    let sub = match api.caches.fresh(res, min).await {
+        Some(cache) => cache.subscribe(ns, (from > 0).then_some(from)),
+        None => None,
+    };
+    let Some(sub) = sub else {
+        return watch_store(api, res, ns, q, table).await;
+    };
+    let deadline = q
+        .timeout_seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let filter = Query {
+        label_selector: q.label_selector.clone(),
+        field_selector: q.field_selector.clone(),
+        ..Default::default()
+    };
+    let (ns, bookmarks) = (ns.map(String::from), q.bookmarks && !table);
+    let line = move |kind: &'static str, entry: &crate::cache::Entry, shared: Option<&Bytes>| {
+        if !entry.in_namespace(ns.as_deref()) || !selected(&filter, &entry.value) {
+            return None;
+        }
+        if table {
+            let t = table::table(res.kind, std::slice::from_ref(&entry.value), None);
+            let mut line =
+                serde_json::to_vec(&json!({"type": kind, "object": t})).unwrap_or_default();
+            line.push(b'\n');
+            return Some(Bytes::from(line));
+        }
+        Some(match shared {
+            Some(l) => l.clone(),
+            None => crate::cache::event_line(kind, &entry.json),
+        })
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let event_line = |e: &crate::cache::Event| match &e.entry {
+            Some(entry) => line(e.kind, entry, Some(&e.line)),
+            None => bookmarks.then(|| e.line.clone()),
+        };
+        let crate::cache::Subscription {
+            snapshot,
+            replay,
+            mut rx,
+            revision,
+        } = sub;
+        let first = snapshot
+            .iter()
+            .filter_map(|e| line("ADDED", e, None))
+            .chain(replay.iter().filter_map(|e| event_line(e)));
+        for l in first {
+            if tx.send(Ok(l)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => return,
+                },
+                None => rx.recv().await,
+            };
+            // A watcher too slow for the cache's buffer ends; the client resumes from its
+            // last resourceVersion (as Kubernetes does).
+            let Ok(batch) = next else { return };
+            let mut chunk: Vec<u8> = Vec::new();
+            let mut add = |batch: &crate::cache::Batch| {
+                // Bookmarks may repeat the revision the watch started at.
+                for e in batch
+                    .iter()
+                    .filter(|e| e.revision > revision || e.entry.is_none())
+                {
+                    if let Some(l) = event_line(e) {
+                        chunk.extend_from_slice(&l);
+                    }
+                }
+            };
+            add(&batch);
+            // Batches that queued up meanwhile go in the same write.
+            for _ in 1..WATCH_CHUNK_BATCHES {
+                match rx.try_recv() {
+                    Ok(b) => add(&b),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                    Err(_) => return,
+                }
+            }
+            if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(watch_response(rx))
+}
+
+/// A watch served by the store's own watch (from any revision it still holds).
+async fn watch_store<B: Backend>(
     api: &Api<B>,
     res: &'static Resource,
     ns: Option<&str>,
@@ -916,7 +1150,7 @@ async fn watch<B: Backend>(
             let Some(change) = next else { return };
             let line = match change {
                 Change::Object(kind, obj) if selected(&filter, &obj) => encode(kind, &obj),
-                Change::Object(..) => continue,
+                Change::Object(..) | Change::Progress(_) => continue,
                 Change::Expired(e) => {
                     let status = serde_json::to_value(e.to_status()).unwrap_or_default();
                     let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status}))
@@ -931,16 +1165,7 @@ async fn watch<B: Backend>(
             }
         }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::TRANSFER_ENCODING, "chunked"),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(watch_response(rx))
 }
 
 fn version() -> Value {

@@ -1,18 +1,15 @@
 //! The Kubernetes REST API over Flotilla's replicated store.
 //!
-//! This first piece holds the two conventions everything else in the API server builds on:
-//! - [`registry`]: where objects live in the store (`/registry/<resource>/<namespace>/<name>`),
-//!   and how `resourceVersion` relates to store revisions;
-//! - [`status`]: errors as Kubernetes `Status` objects with the `reason` and `code` clients
-//!   branch on.
-//!
-//! The HTTPS server, discovery, OpenAPI, verbs, watch cache, admission and RBAC arrive with the
-//! API server issue.
+//! [`http`] serves every verb over HTTPS ([`tls`]: client certificates and bearer tokens,
+//! [`rbac`]); objects live in the store as [`registry`] lays out, through [`storage`]
+//! (optimistic concurrency on store revisions); lists and watches are served from [`cache`];
+//! errors are Kubernetes `Status` objects ([`status`]).
 
 #![forbid(unsafe_code)]
 
 pub mod allocate;
 pub mod bootstrap;
+pub mod cache;
 pub mod defaults;
 mod fuzz;
 pub mod http;

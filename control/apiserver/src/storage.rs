@@ -27,11 +27,18 @@ use crate::status::ApiError;
 pub trait Backend: KvBackend + Clone {
     /// Watches `req` from this member's applied state.
     fn watch(&self, req: WatchRequest) -> mpsc::Receiver<WatchMessage>;
+
+    /// Asks this member's watches that want progress to report it.
+    fn request_progress(&self);
 }
 
 impl Backend for flotilla_store::raft::node::StoreNode {
     fn watch(&self, req: WatchRequest) -> mpsc::Receiver<WatchMessage> {
         self.watch_hub().watch(req, WATCH_BUFFER)
+    }
+
+    fn request_progress(&self) {
+        self.watch_hub().request_progress();
     }
 }
 
@@ -95,6 +102,10 @@ impl Backend for LocalBackend {
     fn watch(&self, req: WatchRequest) -> mpsc::Receiver<WatchMessage> {
         self.hub.watch(req, WATCH_BUFFER)
     }
+
+    fn request_progress(&self) {
+        self.hub.request_progress();
+    }
 }
 
 /// One change seen by a watch.
@@ -102,6 +113,8 @@ impl Backend for LocalBackend {
 pub enum Change {
     /// `ADDED`, `MODIFIED` or `DELETED`, with the object as of the change.
     Object(&'static str, Value),
+    /// Every change up to this revision has been seen (the store's progress report).
+    Progress(u64),
     /// History before the watch's start was compacted.
     Expired(ApiError),
 }
@@ -474,7 +487,13 @@ impl<B: Backend> Storage<B> {
         }
     }
 
-    /// Changes to `res` in `ns` after revision `after` (0: from now), in revision order.
+    /// Asks the store's watches for progress reports ([`Change::Progress`]).
+    pub fn request_progress(&self) {
+        self.backend.request_progress();
+    }
+
+    /// Changes to `res` in `ns` after revision `after` (0: from now), in revision order, with
+    /// the store's progress reports between them.
     pub fn watch(&self, res: &Resource, ns: Option<&str>, after: u64) -> mpsc::Receiver<Change> {
         let scope = match ns.filter(|_| res.namespaced) {
             Some(ns) => Scope::Namespace(ns),
@@ -486,14 +505,17 @@ impl<B: Backend> Storage<B> {
             prev_kv: true,
             no_put: false,
             no_delete: false,
+            progress: true,
         });
         let (tx, out) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 let changes = match msg {
-                    WatchMessage::Events { events, .. } => events
-                        .into_iter()
-                        .filter_map(|e| change_of(&e))
+                    // Each revision's changes, then word that the revision is complete.
+                    WatchMessage::Events { events, revision } => events
+                        .iter()
+                        .filter_map(change_of)
+                        .chain([Change::Progress(revision)])
                         .collect::<Vec<_>>(),
                     WatchMessage::Compacted { compact_revision } => {
                         vec![Change::Expired(ApiError::Gone {
@@ -501,6 +523,7 @@ impl<B: Backend> Storage<B> {
                             compacted: compact_revision,
                         })]
                     }
+                    WatchMessage::Progress { revision } => vec![Change::Progress(revision)],
                     WatchMessage::Failed(why) => {
                         vec![Change::Expired(ApiError::Internal(why))]
                     }
@@ -705,9 +728,10 @@ mod tests {
             .unwrap();
         s.delete(res, ns, "a", None).await.unwrap();
         let mut seen = Vec::new();
-        for _ in 0..2 {
+        while seen.len() < 2 {
             match w.recv().await.unwrap() {
                 Change::Object(t, o) => seen.push((t, o["data"]["k"].clone())),
+                Change::Progress(_) => {}
                 other => panic!("{other:?}"),
             }
         }

@@ -42,6 +42,8 @@ pub struct WatchRequest {
     pub no_put: bool,
     /// Leave out deletes.
     pub no_delete: bool,
+    /// Answer [`WatchHub::request_progress`] with [`WatchMessage::Progress`].
+    pub progress: bool,
 }
 
 /// What a watcher's client receives.
@@ -59,11 +61,18 @@ pub enum WatchMessage {
         /// The store's compacted revision.
         compact_revision: u64,
     },
+    /// Every event of this watch up to `revision` has been delivered (sent when the watch
+    /// turns live after catching up, and in answer to [`WatchHub::request_progress`]).
+    Progress {
+        /// The revision.
+        revision: u64,
+    },
     /// The store failed; the watch ends.
     Failed(String),
 }
 
-/// One committed revision, as the writer hands it to the hub.
+/// One committed revision, as the writer hands it to the hub. A batch without events is a
+/// progress marker: every revision up to its own has been handed over before it.
 #[derive(Debug, Clone)]
 struct Batch {
     revision: u64,
@@ -74,7 +83,8 @@ struct Batch {
 struct HubState {
     /// The newest revision the hub has been notified of.
     notified: u64,
-    live: HashMap<u64, (KeyRange, mpsc::Sender<Batch>)>,
+    /// Live watchers: range, channel, and whether they want progress markers.
+    live: HashMap<u64, (KeyRange, mpsc::Sender<Batch>, bool)>,
     next_id: u64,
 }
 
@@ -110,7 +120,7 @@ impl WatchHub {
         };
         let mut st = self.lock();
         st.notified = st.notified.max(revision);
-        st.live.retain(|_, (range, tx)| {
+        st.live.retain(|_, (range, tx, _)| {
             if !batch.events.iter().any(|e| range.contains(&e.kv.key)) {
                 return !tx.is_closed();
             }
@@ -118,6 +128,19 @@ impl WatchHub {
             // from history instead.
             tx.try_send(batch.clone()).is_ok()
         });
+    }
+
+    /// Asks every live watcher that wants progress to report it: each sends
+    /// [`WatchMessage::Progress`] once it has delivered everything the hub has been told so
+    /// far. A watcher that is catching up reports when it turns live instead. Never blocks.
+    pub fn request_progress(&self) {
+        let mut st = self.lock();
+        let marker = Batch {
+            revision: st.notified,
+            events: Arc::new(Vec::new()),
+        };
+        st.live
+            .retain(|_, (_, tx, progress)| !*progress || tx.try_send(marker.clone()).is_ok());
     }
 
     /// The newest revision the hub has been told about (the member's applied revision).
@@ -192,15 +215,32 @@ impl WatchHub {
                 let mut st = self.lock();
                 if st.notified < next {
                     let (tx, rx) = mpsc::channel(LIVE_BUFFER);
-                    st.live.insert(id, (req.range.clone(), tx));
+                    st.live.insert(id, (req.range.clone(), tx, req.progress));
                     break rx;
                 }
             };
+            if req.progress
+                && out
+                    .send(WatchMessage::Progress { revision: next - 1 })
+                    .await
+                    .is_err()
+            {
+                self.lock().live.remove(&id);
+                return;
+            }
             // Live: deliver batches until the hub drops us (too slow) or the client goes away.
             let mut live = live;
             loop {
                 tokio::select! {
                     batch = live.recv() => match batch {
+                        Some(b) if b.events.is_empty() => {
+                            next = next.max(b.revision + 1);
+                            let progress = WatchMessage::Progress { revision: next - 1 };
+                            if out.send(progress).await.is_err() {
+                                self.lock().live.remove(&id);
+                                return;
+                            }
+                        }
                         Some(b) if b.revision < next => {}
                         Some(b) => {
                             let mine: Vec<Event> = b

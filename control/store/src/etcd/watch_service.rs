@@ -110,6 +110,7 @@ impl Session {
             prev_kv: c.prev_kv,
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+            progress: false,
         };
         let created = pb::WatchResponse {
             header: self.header(self.current()),
@@ -140,6 +141,11 @@ impl Session {
                         compact_revision: compact_revision as i64,
                         cancel_reason: "etcdserver: mvcc: required revision has been compacted"
                             .into(),
+                        ..Default::default()
+                    },
+                    WatchMessage::Progress { revision } => pb::WatchResponse {
+                        header: header(revision),
+                        watch_id: id,
                         ..Default::default()
                     },
                     WatchMessage::Failed(why) => pb::WatchResponse {

@@ -59,6 +59,7 @@ fn watch_prefix(p: &str, start: u64) -> WatchRequest {
         prev_kv: false,
         no_put: false,
         no_delete: false,
+        progress: false,
     }
 }
 
@@ -202,4 +203,32 @@ async fn dropping_the_receiver_cancels_the_watch() {
     wait_live(&f.hub, 1).await;
     drop(rx);
     wait_live(&f.hub, 0).await;
+}
+
+#[tokio::test]
+async fn progress_reports_revisions_outside_the_range_once_events_before_them_are_delivered() {
+    let f = fixture("progress");
+    f.put("/a/1", "x"); // 1
+    let mut rx = f.hub.watch(
+        WatchRequest {
+            progress: true,
+            ..watch_prefix("/a/", 1)
+        },
+        16,
+    );
+    // History first, then the watcher reports where it stands as it turns live.
+    assert_eq!(revisions_of(&[next(&mut rx).await]), [1]);
+    assert_eq!(next(&mut rx).await, WatchMessage::Progress { revision: 1 });
+    wait_live(&f.hub, 1).await;
+    f.put("/a/2", "y"); // 2
+    f.put("/b/1", "other"); // 3: not in the range, but progress covers it
+    f.hub.request_progress();
+    assert_eq!(revisions_of(&[next(&mut rx).await]), [2]);
+    assert_eq!(next(&mut rx).await, WatchMessage::Progress { revision: 3 });
+    // Watchers that did not ask for progress never see a marker.
+    let mut plain = f.hub.watch(watch_prefix("/a/", 0), 16);
+    wait_live(&f.hub, 2).await;
+    f.hub.request_progress();
+    f.put("/a/3", "z"); // 4
+    assert_eq!(revisions_of(&[next(&mut plain).await]), [4]);
 }

@@ -1,0 +1,473 @@
+//! `flotilla bench api`: the Kubernetes API server of a 3-master cluster, against the bars of
+//! the API server issue (there is no kube-apiserver on this machine to run beside it; the bar
+//! is the baseline column and the ratio says how far inside or outside of it we are).
+//!
+//! Every request is a real HTTPS request from the `kube` client with the admin certificate,
+//! spread over the three masters:
+//!
+//! - pod creates at a fixed 500/s from 64 concurrent clients (latency measured from each
+//!   request's scheduled start, so a server that falls behind shows it), then as fast as 64
+//!   clients go until 10,000 pods exist;
+//! - LIST of those 10,000 pods (latency to the last byte, and bytes);
+//! - 1,000 watchers of one namespace's ConfigMaps and a burst of 1,000 creates there from 64
+//!   clients: the time from each write's start until each watcher has its event (the bar's
+//!   figure), and from the write's response until then.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::AsyncBufReadExt;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::common::{summarize, FlotillaCluster, ScratchDir};
+use super::{Better, Figure, Report};
+
+/// What one run measures.
+#[derive(Debug, Clone)]
+pub struct ApiWorkload {
+    /// Seconds of the fixed-rate create measurement.
+    pub seconds: f64,
+    /// Concurrent creating clients.
+    pub clients: usize,
+    /// Target create rate of the fixed-rate measurement.
+    pub rate: f64,
+    /// Pods that exist for the LIST measurement.
+    pub pods: usize,
+    /// Concurrent watchers.
+    pub watchers: usize,
+    /// Changes in the watch burst.
+    pub burst: usize,
+    /// Concurrent clients making the burst.
+    pub burst_clients: usize,
+}
+
+/// The issue's bars.
+const BAR_CREATE_P99_MS: f64 = 50.0;
+const BAR_LIST_MS: f64 = 300.0;
+const BAR_WATCH_P99_MS: f64 = 100.0;
+
+const PODS_NS: &str = "bench-pods";
+const WATCH_NS: &str = "bench-watch";
+
+pub fn run(work: &ApiWorkload) -> anyhow::Result<Report> {
+    let scratch = ScratchDir::new("api")?;
+    eprintln!("starting a 3-master Flotilla cluster…");
+    let cluster = FlotillaCluster::start(&scratch.0.join("flotilla"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(measure(&cluster, work))
+}
+
+async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Result<Report> {
+    let clients = connect(cluster).await?;
+    for ns in [PODS_NS, WATCH_NS] {
+        let body =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        post(&clients[0], "/api/v1/namespaces", &body).await?;
+    }
+    let mut figures = Vec::new();
+
+    eprintln!(
+        "pod creates at {}/s from {} clients for {} s…",
+        work.rate, work.clients, work.seconds
+    );
+    let created = Arc::new(AtomicUsize::new(0));
+    let paced = creates(&clients, work, Some(work.rate), work.seconds, &created).await?;
+    figures.push(Figure::new(
+        &format!("pod creates/s (target {}/s)", work.rate),
+        "ops/s",
+        paced.rate,
+        work.rate,
+        Better::Higher,
+    ));
+    figures.push(Figure::new(
+        &format!("pod create p50 @{}/s", work.rate),
+        "ms",
+        paced.p50_ms,
+        BAR_CREATE_P99_MS,
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        &format!("pod create p99 @{}/s", work.rate),
+        "ms",
+        paced.p99_ms,
+        BAR_CREATE_P99_MS,
+        Better::Lower,
+    ));
+
+    let remaining = work.pods.saturating_sub(created.load(Ordering::Relaxed));
+    eprintln!(
+        "{remaining} more pods as fast as {} clients go…",
+        work.clients
+    );
+    let open = creates(&clients, work, None, f64::INFINITY, &created).await?;
+    figures.push(Figure::new(
+        &format!("pod creates/s unpaced @{} clients", work.clients),
+        "ops/s",
+        open.rate,
+        work.rate,
+        Better::Higher,
+    ));
+    figures.push(Figure::new(
+        &format!("pod create p99 unpaced @{} clients", work.clients),
+        "ms",
+        open.p99_ms,
+        BAR_CREATE_P99_MS,
+        Better::Lower,
+    ));
+
+    eprintln!("LIST of {} pods…", work.pods);
+    let mut list_lat = Vec::new();
+    let mut bytes = 0;
+    let path = format!("/api/v1/namespaces/{PODS_NS}/pods");
+    for i in 0..9 {
+        let t0 = Instant::now();
+        let body = get(&clients[i % clients.len()], &path).await?;
+        list_lat.push(t0.elapsed());
+        let items = serde_json::from_str::<serde_json::Value>(&body)?["items"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if items < work.pods {
+            bail!("LIST returned {items} pods, expected {}", work.pods);
+        }
+        bytes = body.len();
+    }
+    let list = summarize(list_lat.clone(), Duration::from_secs(1));
+    let worst = list_lat.iter().max().copied().unwrap_or_default();
+    figures.push(Figure::new(
+        &format!("LIST {} pods p50", work.pods),
+        "ms",
+        list.p50_ms,
+        BAR_LIST_MS,
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        &format!("LIST {} pods max of 9", work.pods),
+        "ms",
+        worst.as_secs_f64() * 1000.0,
+        BAR_LIST_MS,
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        &format!("LIST {} pods size", work.pods),
+        "MiB",
+        bytes as f64 / (1024.0 * 1024.0),
+        f64::NAN,
+        Better::Lower,
+    ));
+
+    eprintln!(
+        "{} watchers, burst of {} changes from {} clients…",
+        work.watchers, work.burst, work.burst_clients
+    );
+    let (w, after_ack) = watch_burst(&clients, work).await?;
+    figures.push(Figure::new(
+        &format!("watch delivery p50 ({} watchers)", work.watchers),
+        "ms",
+        w.p50_ms,
+        BAR_WATCH_P99_MS,
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        &format!("watch delivery p99 ({} watchers)", work.watchers),
+        "ms",
+        w.p99_ms,
+        BAR_WATCH_P99_MS,
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        &format!(
+            "watch delivery p99 after the write returned ({} watchers)",
+            work.watchers
+        ),
+        "ms",
+        after_ack.p99_ms,
+        BAR_WATCH_P99_MS,
+        Better::Lower,
+    ));
+    figures.push(Figure::new(
+        "watch events delivered/s",
+        "events/s",
+        w.rate,
+        f64::NAN,
+        Better::Higher,
+    ));
+    Ok(Report {
+        suite: "api".into(),
+        baseline: "the API server issue's bars".into(),
+        figures,
+    })
+}
+
+/// One `kube` client per master, with the admin identity of `DIR/admin.kubeconfig`.
+async fn connect(cluster: &FlotillaCluster) -> anyhow::Result<Vec<kube::Client>> {
+    let path = cluster.dir.join("admin.kubeconfig");
+    let kc = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut clients = Vec::new();
+    for ctx in kc.contexts.iter().map(|c| c.name.clone()) {
+        let opts = KubeConfigOptions {
+            context: Some(ctx.clone()),
+            ..Default::default()
+        };
+        let cfg = kube::Config::from_custom_kubeconfig(kc.clone(), &opts)
+            .await
+            .with_context(|| format!("kubeconfig context {ctx}"))?;
+        clients.push(kube::Client::try_from(cfg)?);
+    }
+    if clients.is_empty() {
+        bail!("{} names no master", path.display());
+    }
+    Ok(clients)
+}
+
+async fn post(client: &kube::Client, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    let req = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body)?)?;
+    client
+        .request_text(req)
+        .await
+        .with_context(|| format!("POST {path}"))?;
+    Ok(())
+}
+
+async fn get(client: &kube::Client, path: &str) -> anyhow::Result<String> {
+    let req = http::Request::get(path).body(Vec::new())?;
+    client
+        .request_text(req)
+        .await
+        .with_context(|| format!("GET {path}"))
+}
+
+fn pod(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("pod-{i:05}"), "labels": {"app": "bench", "shard": (i % 16).to_string()}},
+        "spec": {"containers": [{
+            "name": "app",
+            "image": "registry.local/bench:1",
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+        }]},
+    })
+}
+
+/// Creates pods from `work.clients` clients until `seconds` pass or `work.pods` exist; with a
+/// `rate`, each client starts its requests on a fixed schedule and latency counts from the
+/// scheduled start.
+async fn creates(
+    clients: &[kube::Client],
+    work: &ApiWorkload,
+    rate: Option<f64>,
+    seconds: f64,
+    created: &Arc<AtomicUsize>,
+) -> anyhow::Result<super::common::Measured> {
+    let start = Instant::now();
+    let deadline = (seconds.is_finite()).then(|| start + Duration::from_secs_f64(seconds));
+    let next = Arc::new(AtomicUsize::new(created.load(Ordering::Relaxed)));
+    let mut tasks = Vec::new();
+    for c in 0..work.clients {
+        let client = clients[c % clients.len()].clone();
+        let (next, created, total, n) = (next.clone(), created.clone(), work.pods, work.clients);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let path = format!("/api/v1/namespaces/{PODS_NS}/pods");
+            for k in 0.. {
+                let scheduled = match rate {
+                    Some(r) => start + Duration::from_secs_f64((k * n + c) as f64 / r),
+                    None => Instant::now(),
+                };
+                if deadline.is_some_and(|d| scheduled >= d) {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                post(&client, &path, &pod(i)).await?;
+                created.fetch_add(1, Ordering::Relaxed);
+                lat.push(scheduled.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("a client task panicked")??);
+    }
+    Ok(summarize(all, start.elapsed()))
+}
+
+/// The index in `burst-<i>` of the object named in a watch event line, if any.
+fn burst_index(line: &[u8]) -> Option<usize> {
+    const MARK: &[u8] = b"\"name\":\"burst-";
+    let at = memchr::memmem::find(line, MARK)? + MARK.len();
+    let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&line[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Starts the watchers, waits until all are live, creates the burst, and measures every
+/// delivery from the start of its write.
+async fn watch_burst(
+    clients: &[kube::Client],
+    work: &ApiWorkload,
+) -> anyhow::Result<(super::common::Measured, super::common::Measured)> {
+    let list = get(
+        &clients[0],
+        &format!("/api/v1/namespaces/{WATCH_NS}/configmaps"),
+    )
+    .await?;
+    let rv = serde_json::from_str::<serde_json::Value>(&list)?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let base = Instant::now();
+    // Nanoseconds after `base` at which each burst write started (0: not yet).
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..work.burst).map(|_| AtomicU64::new(0)).collect());
+    // … and at which its response arrived (u64::MAX: not yet).
+    let acked: Arc<Vec<AtomicU64>> =
+        Arc::new((0..work.burst).map(|_| AtomicU64::new(u64::MAX)).collect());
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut watchers = Vec::new();
+    for w in 0..work.watchers {
+        let client = clients[w % clients.len()].clone();
+        let (sent, acked, live, burst, rv) = (
+            sent.clone(),
+            acked.clone(),
+            live.clone(),
+            work.burst,
+            rv.clone(),
+        );
+        watchers.push(tokio::spawn(async move {
+            let path = format!(
+                "/api/v1/namespaces/{WATCH_NS}/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=600"
+            );
+            let req = http::Request::get(&path).body(Vec::new())?;
+            let mut stream = Box::pin(client.request_stream(req).await?);
+            let ready = memchr::memmem::Finder::new(b"\"name\":\"ready\"");
+            let mut lat = Vec::with_capacity(burst);
+            let mut after_ack = Vec::with_capacity(burst);
+            let mut seen = vec![false; burst];
+            let mut got = 0;
+            let mut counted_live = false;
+            // Bytes of an event line that has not ended yet.
+            let mut partial: Vec<u8> = Vec::new();
+            while got < burst {
+                let buf = stream.fill_buf().await?;
+                if buf.is_empty() {
+                    break;
+                }
+                let at = base.elapsed().as_nanos() as u64;
+                partial.extend_from_slice(buf);
+                let n = buf.len();
+                stream.consume_unpin(n);
+                let Some(end) = memchr::memrchr(b'\n', &partial) else {
+                    continue;
+                };
+                for line in partial[..end].split(|b| *b == b'\n') {
+                    if !counted_live && ready.find(line).is_some() {
+                        counted_live = true;
+                        live.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let Some(i) = burst_index(line) else { continue };
+                    if i >= burst || seen[i] {
+                        bail!("watch event for burst-{i} twice or out of range");
+                    }
+                    seen[i] = true;
+                    lat.push(Duration::from_nanos(
+                        at.saturating_sub(sent[i].load(Ordering::Relaxed)),
+                    ));
+                    // Delivered before the writer heard back counts as zero.
+                    after_ack.push(Duration::from_nanos(
+                        at.saturating_sub(acked[i].load(Ordering::Relaxed)),
+                    ));
+                    got += 1;
+                }
+                partial.drain(..=end);
+            }
+            Ok::<_, anyhow::Error>((lat, after_ack, got))
+        }));
+    }
+    // The watchers are live once each has seen this object.
+    let ready =
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ready"}});
+    post(
+        &clients[0],
+        &format!("/api/v1/namespaces/{WATCH_NS}/configmaps"),
+        &ready,
+    )
+    .await?;
+    let wait = Instant::now();
+    while live.load(Ordering::Relaxed) < work.watchers {
+        if wait.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} of {} watchers saw the first event within 120 s",
+                live.load(Ordering::Relaxed),
+                work.watchers
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("all watchers live; {} creates…", work.burst);
+    let burst_start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for c in 0..work.burst_clients {
+        let client = clients[c % clients.len()].clone();
+        let (next, sent, acked, burst) = (next.clone(), sent.clone(), acked.clone(), work.burst);
+        writers.push(tokio::spawn(async move {
+            let path = format!("/api/v1/namespaces/{WATCH_NS}/configmaps");
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= burst {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let cm = serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("burst-{i}")},
+                    "data": {"i": i.to_string()},
+                });
+                sent[i].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                post(&client, &path, &cm).await?;
+                acked[i].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.context("a writer panicked")??;
+    }
+    let (mut all, mut all_after_ack) = (Vec::new(), Vec::new());
+    for w in watchers {
+        let result = tokio::time::timeout(Duration::from_secs(300), w)
+            .await
+            .context("a watcher did not get the whole burst within 300 s")?;
+        let (lat, after_ack, got) = result.context("a watcher panicked")??;
+        if got < work.burst {
+            bail!("a watch ended after {got} of {} burst events", work.burst);
+        }
+        all.extend(lat);
+        all_after_ack.extend(after_ack);
+    }
+    let elapsed = burst_start.elapsed();
+    Ok((summarize(all, elapsed), summarize(all_after_ack, elapsed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_names_are_found_in_event_lines() {
+        let line = r#"{"type":"ADDED","object":{"metadata":{"name":"burst-42","namespace":"x"}}}"#;
+        assert_eq!(burst_index(line.as_bytes()), Some(42));
+        assert_eq!(burst_index(br#"{"metadata":{"name":"ready"}}"#), None);
+    }
+}
