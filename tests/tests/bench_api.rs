@@ -43,7 +43,9 @@ fn bench_api_measures_creates_lists_and_watch_fan_out() {
     assert_eq!(metric("LIST 300 pods p50")["baseline"], 300.0);
     assert_eq!(metric("watch delivery p99 (30")["baseline"], 100.0);
     // The paced phase kept (roughly) to its rate.
-    let rate = metric("pod creates/s (target")["flotilla"].as_f64().unwrap();
+    let rate = metric("pod creates/s (target")["flotilla"]
+        .as_f64()
+        .unwrap();
     assert!(rate > 50.0, "{rate}");
     let ps = std::process::Command::new("ps")
         .args(["-eo", "args"])
