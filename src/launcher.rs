@@ -173,6 +173,18 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .issue(&CertRequest::client("admin", &["system:masters"]))
         .context("issuing the admin certificate")?;
     let (admin_cert, admin_key) = admin.write(&pki_dir, "admin")?;
+    // The controller manager on every master acts as this user (all masters share it).
+    if !pki_dir
+        .join(format!("{}.crt", crate::server::CONTROLLER_MANAGER_CERT))
+        .exists()
+    {
+        ca.issue(&CertRequest::client(
+            "system:kube-controller-manager",
+            &["system:masters"],
+        ))
+        .context("issuing the controller manager's certificate")?
+        .write(&pki_dir, crate::server::CONTROLLER_MANAGER_CERT)?;
+    }
     let sa_key = pki_dir.join(flotilla_apiserver::tokens::KEY_FILE);
     if !sa_key.exists() {
         use std::os::unix::fs::OpenOptionsExt;

@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use flotilla_pki::ClientAuth;
 use flotilla_runtime::metrics::{self, Gauge, HealthCheck, Registry};
-use flotilla_runtime::tasks::termination_signal;
+use flotilla_runtime::tasks::{termination_signal, Shutdown};
 use flotilla_runtime::Tasks;
 use flotilla_store::etcd::{self, MemberIdentity};
 use flotilla_store::raft::membership::{member_id, MemberChange};
@@ -293,14 +293,21 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let health_store = store.clone();
     let health_raft = node.raft().metrics();
+    // Set once the initial namespaces and the kubernetes Service exist: clients that start
+    // when the member is healthy find them.
+    let bootstrapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_bootstrapped = bootstrapped.clone();
     let health: HealthCheck = Arc::new(move || {
         health_store
             .revisions()
             .map_err(|e| format!("store unreadable: {e}"))?;
-        match health_raft.borrow().current_leader {
-            Some(_) => Ok(()),
-            None => Err("no Raft leader known (is a quorum of members up?)".into()),
+        if health_raft.borrow().current_leader.is_none() {
+            return Err("no Raft leader known (is a quorum of members up?)".into());
         }
+        if !health_bootstrapped.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("the API's initial objects are not created yet".into());
+        }
+        Ok(())
     });
 
     let tasks = Tasks::new();
@@ -393,12 +400,42 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 _ = async {
                     flotilla_apiserver::bootstrap::initial_namespaces(&api).await;
                     flotilla_apiserver::bootstrap::kubernetes_service(&api).await;
+                    bootstrapped.store(true, std::sync::atomic::Ordering::Release);
                 } => {}
             }
             shutdown.wait().await;
             Ok(())
         }
     });
+
+    // The controller manager campaigns on every master; it talks to this master's API with
+    // its own identity, and stops (releasing its Lease) before the API does.
+    let controllers = Shutdown::new();
+    let controller_manager = match controller_client_config(&args.pki_dir, api_addr).await {
+        Ok(Some(base)) => Some(tokio::spawn({
+            let stop = controllers.clone();
+            let name = args.name.clone();
+            async move {
+                let connect = move |fence: Option<&str>| fenced_client(&base, fence);
+                if let Err(e) =
+                    flotilla_controllers::run(connect, &name, async move { stop.wait().await })
+                        .await
+                {
+                    tracing::error!(error = %e, "the controller manager could not start");
+                }
+            }
+        })),
+        Ok(None) => {
+            tracing::warn!(
+                "no controller-manager certificate in the PKI dir; the controller manager is off"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the controller manager is off");
+            None
+        }
+    };
 
     let published_as = Member {
         name: args.name.clone(),
@@ -448,6 +485,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&published);
+    controllers.trigger();
+    if let Some(cm) = controller_manager {
+        let _ = tokio::time::timeout(Duration::from_secs(3), cm).await;
+    }
     tasks.shutdown(Duration::from_secs(10)).await;
     node.shutdown().await;
     tracing::info!("stopped");
@@ -455,6 +496,54 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         bail!(why);
     }
     Ok(())
+}
+
+/// The client certificate the controller manager uses (`flotilla up` issues it).
+pub const CONTROLLER_MANAGER_CERT: &str = "controller-manager";
+
+/// A client configuration for this master's own API with the controller manager's identity;
+/// `None` when the PKI dir holds no controller-manager certificate.
+async fn controller_client_config(
+    pki_dir: &Path,
+    api_addr: std::net::SocketAddr,
+) -> anyhow::Result<Option<kube::Config>> {
+    let cert = pki_dir.join(format!("{CONTROLLER_MANAGER_CERT}.crt"));
+    let key = pki_dir.join(format!("{CONTROLLER_MANAGER_CERT}.key"));
+    if !cert.exists() {
+        return Ok(None);
+    }
+    let server = format!("https://127.0.0.1:{}", api_addr.port());
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "self", "cluster": {
+            "server": server,
+            "certificate-authority": pki_dir.join(flotilla_pki::CA_CERT_FILE),
+        }}],
+        "users": [{"name": "controller-manager", "user": {
+            "client-certificate": cert,
+            "client-key": key,
+        }}],
+        "contexts": [{"name": "self", "context": {"cluster": "self", "user": "controller-manager"}}],
+        "current-context": "self",
+    });
+    let kc: kube::config::Kubeconfig = serde_json::from_value(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(Some(cfg))
+}
+
+/// A client from `base`, sending `fence` (a fencing token) on every request if given.
+fn fenced_client(base: &kube::Config, fence: Option<&str>) -> Result<kube::Client, kube::Error> {
+    let mut cfg = base.clone();
+    if let Some(fence) = fence {
+        let value =
+            http::HeaderValue::from_str(fence).map_err(|e| kube::Error::Service(Box::new(e)))?;
+        cfg.headers.push((
+            http::HeaderName::from_static(flotilla_apiserver::storage::FENCE_HEADER),
+            value,
+        ));
+    }
+    kube::Client::try_from(cfg)
 }
 
 /// This member's Raft id: the one recorded in DIR/member-id by an earlier start, else the id

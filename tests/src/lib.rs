@@ -140,6 +140,19 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         let d = self.dir_str();
+        if std::thread::panicking() {
+            // What the processes said last, for whoever reads the failed test's output.
+            if let Ok(entries) = std::fs::read_dir(self.dir()) {
+                for e in entries.flatten() {
+                    let log = e.path().join("server.log");
+                    if let Ok(text) = std::fs::read_to_string(&log) {
+                        let lines: Vec<&str> = text.lines().collect();
+                        let tail = &lines[lines.len().saturating_sub(60)..];
+                        eprintln!("--- last lines of {}:\n{}", log.display(), tail.join("\n"));
+                    }
+                }
+            }
+        }
         if self.dir().join("cluster.json").exists() {
             let out = flotilla(&["down", "--dir", &d, "--purge"]);
             if !out.status.success() {
@@ -235,4 +248,21 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `kubectl.<version>`, installed next to the real kubectl.
+pub fn kubectl_bin(version: &str) -> PathBuf {
+    let real = std::fs::canonicalize(
+        String::from_utf8(
+            std::process::Command::new("sh")
+                .args(["-c", "command -v kubectl"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .expect("kubectl is installed");
+    real.parent().unwrap().join(format!("kubectl.{version}"))
 }

@@ -5,24 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use flotilla_e2e::{show, wait_for, Child, LocalCluster};
-
-/// `kubectl.<version>`, installed next to the real kubectl.
-fn kubectl_bin(version: &str) -> PathBuf {
-    let real = std::fs::canonicalize(
-        String::from_utf8(
-            Command::new("sh")
-                .args(["-c", "command -v kubectl"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap()
-        .trim(),
-    )
-    .expect("kubectl is installed");
-    real.parent().unwrap().join(format!("kubectl.{version}"))
-}
+use flotilla_e2e::{kubectl_bin, show, wait_for, Child, LocalCluster};
 
 struct Kubectl {
     bin: PathBuf,

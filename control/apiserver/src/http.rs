@@ -233,7 +233,20 @@ async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Res
         },
         _ => return error_response(&ApiError::Unauthorized),
     };
-    match serve(api, &user, req).await {
+    let fence = req
+        .headers()
+        .get(crate::storage::FENCE_HEADER)
+        .map(|v| crate::storage::Fence::parse(v.to_str().unwrap_or("")));
+    let served = match fence {
+        None => serve(api, &user, req).await,
+        Some(Err(e)) => Err(e),
+        Some(Ok(fence)) => {
+            crate::storage::FENCE
+                .scope(fence, serve(api, &user, req))
+                .await
+        }
+    };
+    match served {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }

@@ -34,6 +34,14 @@ pub enum ApiError {
         /// The object's name.
         name: String,
     },
+    /// 409: the request carried a fencing token of a Lease whose holder has changed since.
+    #[error("fenced: the Lease {lease} changed hands after revision {token}; this client no longer holds it and may not write (acquire the Lease again)")]
+    Fenced {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The token the request carried.
+        token: u64,
+    },
     /// 422: the object is invalid; one cause per bad field.
     #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -81,7 +89,9 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            ApiError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Conflict { .. } | ApiError::Fenced { .. } => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::Gone { .. } => (StatusCode::GONE, "Expired"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),

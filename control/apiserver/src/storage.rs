@@ -108,6 +108,109 @@ impl Backend for LocalBackend {
     }
 }
 
+tokio::task_local! {
+    /// The fencing token of the request being served, if it carries one: every write of the
+    /// request then commits only if the Lease it names has not changed hands.
+    pub static FENCE: Fence;
+}
+
+/// A fencing token (DESIGN.md invariant 6): "I hold Lease `namespace/name` since revision
+/// `token`". The token is the Lease's resourceVersion returned by the write that gave it its
+/// holder. Whenever a Lease's holder changes, the same transaction rewrites the Lease's fence
+/// key, so the fence key's mod_revision is the current holder's token; a fenced write
+/// compares it in its own transaction. A deposed holder's writes therefore fail atomically,
+/// however late they arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// The revision at which the holder acquired it.
+    pub token: u64,
+}
+
+/// The HTTP header that carries a fencing token: `<namespace>/<name>=<token>`.
+pub const FENCE_HEADER: &str = "flotilla-fence";
+
+impl Fence {
+    /// Parses a [`FENCE_HEADER`] value.
+    pub fn parse(v: &str) -> Result<Fence, ApiError> {
+        let bad = || {
+            ApiError::BadRequest(format!(
+                "{FENCE_HEADER} {v:?} is not <namespace>/<lease>=<token> (the resourceVersion \
+                 of the write that acquired the Lease)"
+            ))
+        };
+        let (lease, token) = v.trim().split_once('=').ok_or_else(bad)?;
+        let (namespace, name) = lease.split_once('/').ok_or_else(bad)?;
+        let token = token.parse().map_err(|_| bad())?;
+        if namespace.is_empty() || name.is_empty() || token == 0 {
+            return Err(bad());
+        }
+        Ok(Fence {
+            namespace: namespace.into(),
+            name: name.into(),
+            token,
+        })
+    }
+
+    fn key(&self) -> Vec<u8> {
+        fence_key(&self.namespace, &self.name)
+    }
+}
+
+/// Where the current holder's token of Lease `ns/name` is kept (its mod_revision).
+fn fence_key(ns: &str, name: &str) -> Vec<u8> {
+    format!("{}/fences/{ns}/{name}", registry::ROOT).into_bytes()
+}
+
+fn is_lease(res: &Resource) -> bool {
+    res.group == "coordination.k8s.io" && res.plural == "leases"
+}
+
+fn holder(obj: &Value) -> &str {
+    obj.pointer("/spec/holderIdentity")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Adds the request's fence (if any) to `txn`: one more compare, and a read of the fence key
+/// at the end of the failure branch so that a failure can be told apart.
+fn add_fence(txn: &mut TxnRequest) -> Option<Fence> {
+    let fence = FENCE.try_with(Fence::clone).ok()?;
+    txn.compares.push(Compare {
+        range: KeyRange::Single(fence.key()),
+        target: CompareTarget::ModRevision(fence.token),
+        op: CompareOp::Equal,
+    });
+    txn.failure
+        .push(Op::Range(RangeRequest::new(KeyRange::Single(fence.key()))));
+    Some(fence)
+}
+
+/// `Err(Fenced)` if a failed transaction failed on its fence.
+fn check_fence(
+    fence: Option<Fence>,
+    resp: &flotilla_store::types::TxnResponse,
+) -> Result<(), ApiError> {
+    let Some(fence) = fence else { return Ok(()) };
+    if resp.succeeded {
+        return Ok(());
+    }
+    let current = match resp.responses.last() {
+        Some(OpResponse::Range(r)) => r.kvs.first().map(|kv| kv.mod_revision),
+        _ => None,
+    };
+    if current == Some(fence.token) {
+        return Ok(());
+    }
+    Err(ApiError::Fenced {
+        lease: format!("{}/{}", fence.namespace, fence.name),
+        token: fence.token,
+    })
+}
+
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -311,7 +414,7 @@ impl<B: Backend> Storage<B> {
         let key = key_of(res, ns, name);
         let owner = String::from_utf8_lossy(&key).into_owned().into_bytes();
         let keys: Vec<&Vec<u8>> = std::iter::once(&key).chain(claims).collect();
-        let txn = TxnRequest {
+        let mut txn = TxnRequest {
             compares: keys
                 .iter()
                 .map(|k| Compare {
@@ -338,7 +441,12 @@ impl<B: Backend> Storage<B> {
                 .map(|k| Op::Range(RangeRequest::new(KeyRange::Single((*k).clone()))))
                 .collect(),
         };
+        if is_lease(res) && !holder(obj).is_empty() {
+            txn.success.push(fence_put(ns, name, obj));
+        }
+        let fence = add_fence(&mut txn);
         let (h, resp) = self.backend.txn(txn).await.map_err(internal)?;
+        check_fence(fence, &resp)?;
         if !resp.succeeded {
             let taken: Vec<Vec<u8>> = resp
                 .responses
@@ -403,7 +511,28 @@ impl<B: Backend> Storage<B> {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let key = key_of(res, ns, name);
-        let expected = resource_version(obj)?;
+        let mut expected = resource_version(obj)?;
+        let mut success = vec![Op::Put(PutRequest {
+            key: key.clone(),
+            value: encode(obj)?,
+            ..Default::default()
+        })];
+        if is_lease(res) {
+            // A change of holder rewrites the fence key in the same transaction; comparing the
+            // revision read makes "the holder changed" hold at commit time.
+            let current = self.get(res, ns, name).await?;
+            let read_at = resource_version(&current)?;
+            if expected != 0 && expected != read_at {
+                return Err(ApiError::Conflict {
+                    kind: resource_ref(res),
+                    name: name.into(),
+                });
+            }
+            expected = read_at;
+            if holder(&current) != holder(obj) {
+                success.push(fence_put(ns, name, obj));
+            }
+        }
         let mut compares = vec![Compare {
             range: KeyRange::Single(key.clone()),
             target: CompareTarget::CreateRevision(0),
@@ -416,16 +545,14 @@ impl<B: Backend> Storage<B> {
                 op: CompareOp::Equal,
             });
         }
-        let txn = TxnRequest {
+        let mut txn = TxnRequest {
             compares,
-            success: vec![Op::Put(PutRequest {
-                key: key.clone(),
-                value: encode(obj)?,
-                ..Default::default()
-            })],
+            success,
             failure: vec![Op::Range(RangeRequest::new(KeyRange::Single(key)))],
         };
+        let fence = add_fence(&mut txn);
         let (h, resp) = self.backend.txn(txn).await.map_err(internal)?;
+        check_fence(fence, &resp)?;
         if !resp.succeeded {
             let exists =
                 matches!(resp.responses.first(), Some(OpResponse::Range(r)) if !r.kvs.is_empty());
@@ -465,7 +592,7 @@ impl<B: Backend> Storage<B> {
                 op: CompareOp::Equal,
             });
         }
-        let txn = TxnRequest {
+        let mut txn = TxnRequest {
             compares,
             success: vec![Op::Delete(DeleteRequest {
                 range: KeyRange::Single(key.clone()),
@@ -473,7 +600,9 @@ impl<B: Backend> Storage<B> {
             })],
             failure: vec![Op::Range(RangeRequest::new(KeyRange::Single(key)))],
         };
+        let fence = add_fence(&mut txn);
         let (_, resp) = self.backend.txn(txn).await.map_err(internal)?;
+        check_fence(fence, &resp)?;
         match resp.responses.first() {
             Some(OpResponse::Delete(d)) if resp.succeeded => {
                 let prev = d.prev_kvs.first().ok_or_else(|| not_found(res, name))?;
@@ -538,6 +667,15 @@ impl<B: Backend> Storage<B> {
         });
         out
     }
+}
+
+/// The write that records a Lease's new holder: its fence key, rewritten.
+fn fence_put(ns: Option<&str>, name: &str, lease: &Value) -> Op {
+    Op::Put(PutRequest {
+        key: fence_key(ns.unwrap_or(""), name),
+        value: holder(lease).as_bytes().to_vec(),
+        ..Default::default()
+    })
 }
 
 /// A continue token: the revision of the list and the last key returned, hex-encoded.
@@ -739,6 +877,95 @@ mod tests {
             seen,
             vec![("MODIFIED", json!("2")), ("DELETED", json!("2"))]
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn lease(holder: &str, rv: Option<u64>) -> Value {
+        let mut l = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                           "metadata": {"name": "leader", "namespace": "kube-system"},
+                           "spec": {"holderIdentity": holder}});
+        if let Some(rv) = rv {
+            l["metadata"]["resourceVersion"] = json!(rv.to_string());
+        }
+        l
+    }
+
+    #[tokio::test]
+    async fn fenced_writes_commit_only_while_the_lease_keeps_its_holder() {
+        let (s, dir) = storage("fence");
+        let leases = resources::find("coordination.k8s.io", "v1", "leases").unwrap();
+        let cms = resources::find("", "v1", "configmaps").unwrap();
+        let ks = Some("kube-system");
+        let fence = |token| Fence {
+            namespace: "kube-system".into(),
+            name: "leader".into(),
+            token,
+        };
+        // m1 acquires: its token is the resourceVersion of that write.
+        let acquired = s.create(leases, ks, &lease("m1", None)).await.unwrap();
+        let m1 = resource_version(&acquired).unwrap();
+        FENCE
+            .scope(fence(m1), s.create(cms, ks, &cm("a", "1")))
+            .await
+            .unwrap();
+        // Renewals (same holder) keep the token valid.
+        let renewed = s.update(leases, ks, &lease("m1", Some(m1))).await.unwrap();
+        FENCE
+            .scope(fence(m1), s.create(cms, ks, &cm("b", "1")))
+            .await
+            .unwrap();
+        // m2 takes over; m1's token is dead for creates, updates and deletes alike.
+        let rv = resource_version(&renewed).unwrap();
+        let taken = s.update(leases, ks, &lease("m2", Some(rv))).await.unwrap();
+        let m2 = resource_version(&taken).unwrap();
+        let refused = FENCE
+            .scope(fence(m1), s.create(cms, ks, &cm("c", "1")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ApiError::Fenced { token, .. } if token == m1),
+            "{refused:?}"
+        );
+        assert_eq!(refused.code_and_reason().0.as_u16(), 409);
+        let err = FENCE
+            .scope(fence(m1), s.delete(cms, ks, "a", None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Fenced { .. }), "{err:?}");
+        let err = FENCE
+            .scope(fence(m1), s.update(cms, ks, &cm("a", "2")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Fenced { .. }), "{err:?}");
+        assert!(
+            s.get(cms, ks, "c").await.is_err(),
+            "nothing of m1's was written"
+        );
+        assert_eq!(s.get(cms, ks, "a").await.unwrap()["data"]["k"], "1");
+        // m2's token works; ordinary errors still come through a valid fence.
+        FENCE
+            .scope(fence(m2), s.create(cms, ks, &cm("c", "2")))
+            .await
+            .unwrap();
+        let exists = FENCE
+            .scope(fence(m2), s.create(cms, ks, &cm("c", "2")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(exists, ApiError::AlreadyExists { .. }),
+            "{exists:?}"
+        );
+        // A clean release (no holder) also ends m2's token.
+        s.update(leases, ks, &lease("", Some(m2))).await.unwrap();
+        let err = FENCE
+            .scope(fence(m2), s.create(cms, ks, &cm("d", "1")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Fenced { .. }), "{err:?}");
+        assert!(Fence::parse("kube-system/leader=12").is_ok());
+        for bad in ["", "leader=1", "kube-system/leader", "a/b=x", "a/b=0"] {
+            assert!(Fence::parse(bad).is_err(), "{bad:?}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

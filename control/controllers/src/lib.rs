@@ -1,10 +1,42 @@
 //! The controller manager: level-triggered reconcilers, active on one master at a time.
 //!
-//! This first piece is the decision core of leader election ([`election`]): given the
-//! `coordination.k8s.io/v1` Lease as last read and the clock, what a candidate should write.
-//! The loop that reads and writes the Lease through the API (with the fencing token checked by
-//! the API server), and the reconcilers, arrive with the controllers issue.
+//! Every master runs [`run`]: it campaigns for the `kube-system/kube-controller-manager`
+//! Lease ([`leader`], around the pure decision in [`election`]) and, while it holds it, runs
+//! every controller with a client whose writes carry the Lease's fencing token, so a deposed
+//! leader cannot write. Controllers today: [`serviceaccounts`]. The workload controllers, the
+//! garbage collector and node lifecycle arrive with the rest of the controllers issue.
 
 #![forbid(unsafe_code)]
 
+use std::future::Future;
+
 pub mod election;
+pub mod leader;
+pub mod serviceaccounts;
+
+/// The Lease the controller managers campaign for.
+pub const LEASE: &str = "kube-controller-manager";
+
+/// Runs the controller manager of master `identity` until `shutdown` completes (then releases
+/// the Lease if held). `connect(fence)` makes an API client; with `Some(header)`, one whose
+/// requests carry that fencing header.
+pub async fn run(
+    connect: impl Fn(Option<&str>) -> Result<kube::Client, kube::Error>,
+    identity: &str,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), kube::Error> {
+    let cfg = leader::LeaderConfig::new(LEASE, identity);
+    let client = connect(None)?;
+    let for_header = cfg.clone();
+    leader::run(
+        client,
+        |token| connect(Some(&leader::fence_header(&for_header, token))),
+        cfg,
+        shutdown,
+        |lead: leader::Leadership| async move {
+            serviceaccounts::run(lead.client).await;
+        },
+    )
+    .await;
+    Ok(())
+}

@@ -352,7 +352,18 @@ impl PeerClient {
             .await
             .unwrap_or_else(|_| Err(CallError::Network(format!("no answer within {ttl:?}"))));
         if result.is_err() {
-            self.conn = None;
+            // Forget the connection here and in the shared cache: a peer that restarted does
+            // not know it, and may stay silent on it until its idle timeout instead of
+            // refusing it; a fresh handshake reaches the new process at once.
+            if let Some(dead) = self.conn.take() {
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                if shared
+                    .get(&self.node.peer_addr)
+                    .is_some_and(|c| c.stable_id() == dead.stable_id())
+                {
+                    shared.remove(&self.node.peer_addr);
+                }
+            }
         }
         result
     }
