@@ -39,6 +39,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 2)]
     pub nodes: u16,
 
+    /// Also run N simulated nodes (`flotilla agent --simulate N`, as kwok does): they take
+    /// pods and report them Running without running containers.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub simulated_nodes: u16,
+
     /// Do not deploy the demo application.
     #[arg(long)]
     pub no_demo: bool,
@@ -173,17 +178,20 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .issue(&CertRequest::client("admin", &["system:masters"]))
         .context("issuing the admin certificate")?;
     let (admin_cert, admin_key) = admin.write(&pki_dir, "admin")?;
-    // The controller manager on every master acts as this user (all masters share it).
-    if !pki_dir
-        .join(format!("{}.crt", crate::server::CONTROLLER_MANAGER_CERT))
-        .exists()
-    {
-        ca.issue(&CertRequest::client(
+    // The controller manager and the scheduler on every master act as these users (all
+    // masters share them).
+    for (file, user) in [
+        (
+            crate::server::CONTROLLER_MANAGER_CERT,
             "system:kube-controller-manager",
-            &["system:masters"],
-        ))
-        .context("issuing the controller manager's certificate")?
-        .write(&pki_dir, crate::server::CONTROLLER_MANAGER_CERT)?;
+        ),
+        (crate::server::SCHEDULER_CERT, "system:kube-scheduler"),
+    ] {
+        if !pki_dir.join(format!("{file}.crt")).exists() {
+            ca.issue(&CertRequest::client(user, &["system:masters"]))
+                .with_context(|| format!("issuing the certificate of {user}"))?
+                .write(&pki_dir, file)?;
+        }
     }
     let sa_key = pki_dir.join(flotilla_apiserver::tokens::KEY_FILE);
     if !sa_key.exists() {
@@ -286,6 +294,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     write_atomically(&cluster_file(&dir), &serde_json::to_vec_pretty(&cluster)?)?;
     let kubeconfig = dir.join("admin.kubeconfig");
     write_atomically(&kubeconfig, admin_kubeconfig(&cluster).as_bytes())?;
+    let mut cluster = cluster;
+    if args.simulated_nodes > 0 {
+        let sim = match running.remove(SIMULATOR) {
+            Some(p) => p,
+            None => start_simulator(&exe, &dir, args.simulated_nodes, deadline)?,
+        };
+        cluster.processes.push(sim);
+        write_atomically(&cluster_file(&dir), &serde_json::to_vec_pretty(&cluster)?)?;
+    }
 
     println!("Flotilla cluster up in {}", dir.display());
     print_table(&cluster, &health_of(&cluster));
@@ -307,6 +324,51 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// A kubeconfig for the admin user (certificate files under `DIR/pki`) with one context per
 /// master; the current context is the first master's.
+/// The name of the simulated-nodes process in `cluster.json`.
+const SIMULATOR: &str = "simulated-nodes";
+
+/// Starts `flotilla agent --simulate N` against the cluster in `dir` and waits until it has
+/// registered its nodes.
+fn start_simulator(
+    exe: &Path,
+    dir: &Path,
+    nodes: u16,
+    deadline: Instant,
+) -> anyhow::Result<ProcessEntry> {
+    let data_dir = dir.join(SIMULATOR);
+    fs::create_dir_all(&data_dir)?;
+    let log = data_dir.join("agent.log");
+    let _ = fs::remove_file(&log);
+    let pid = spawn_detached(
+        Command::new(exe)
+            .arg("agent")
+            .args(["--simulate", &nodes.to_string()])
+            .arg("--kubeconfig")
+            .arg(dir.join("admin.kubeconfig"))
+            .arg("--data-dir")
+            .arg(&data_dir),
+        &log,
+    )?;
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("simulated nodes registered")) {
+        if !pid_alive(pid) || Instant::now() > deadline {
+            bail!(
+                "the simulated nodes did not start; the end of {}:\n{}",
+                log.display(),
+                tail(&log, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(ProcessEntry {
+        name: SIMULATOR.into(),
+        role: "agent".into(),
+        pid,
+        endpoints: BTreeMap::new(),
+        data_dir,
+        log,
+    })
+}
+
 fn admin_kubeconfig(cluster: &ClusterFile) -> String {
     let masters: Vec<&ProcessEntry> = cluster
         .processes
@@ -470,6 +532,10 @@ fn health_of(cluster: &ClusterFile) -> Vec<Option<Result<(), String>>> {
         .map(|p| {
             if !is_ours(p.pid, &p.data_dir) {
                 return None;
+            }
+            // The simulated nodes have no health endpoint: running is healthy.
+            if p.role == "agent" && !p.endpoints.contains_key("health") {
+                return Some(Ok(()));
             }
             Some(match p.endpoints.get("health").map(|u| http_get(u)) {
                 Some(Ok((200, _))) => Ok(()),

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod bench;
 mod launcher;
 mod server;
@@ -45,9 +46,10 @@ enum Command {
     /// `flotilla up` starts masters for you; run this by hand to deploy on real machines.
     Server(Box<server::ServerArgs>),
 
-    /// Run a node agent: runs pods through containerd and routes Services with eBPF.
-    /// (Not available yet: it arrives with the node-agent issue.)
-    Agent(NotYetArgs),
+    /// Run a node agent: runs pods through containerd and routes Services with eBPF (not
+    /// available yet: it arrives with the node-agent issue), or, with `--simulate N`, N
+    /// simulated nodes.
+    Agent(agent::AgentArgs),
 
     /// Start a local cluster on this machine as background processes and wait until it is
     /// healthy.
@@ -103,7 +105,7 @@ fn main() -> ExitCode {
         Command::Down(args) => launcher::down(args),
         Command::Status(args) => launcher::status(args),
         Command::Bench(args) => bench::run(args),
-        Command::Agent(_) => return not_yet("agent", "node agent"),
+        Command::Agent(args) => agent::run(args),
         Command::Chaos(_) => return not_yet("chaos", "chaos"),
         Command::Image(_) => return not_yet("image", "node agent"),
     };

@@ -411,8 +411,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     // The controller manager campaigns on every master; it talks to this master's API with
     // its own identity, and stops (releasing its Lease) before the API does.
     let controllers = Shutdown::new();
-    let controller_manager = match controller_client_config(&args.pki_dir, api_addr).await {
-        Ok(Some(base)) => Some(tokio::spawn({
+    let mut elected = Vec::new();
+    match controller_client_config(&args.pki_dir, api_addr, CONTROLLER_MANAGER_CERT).await {
+        Ok(Some(base)) => elected.push(tokio::spawn({
             let stop = controllers.clone();
             let name = args.name.clone();
             async move {
@@ -425,17 +426,30 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 }
             }
         })),
+        Ok(None) => tracing::warn!(
+            "no controller-manager certificate in the PKI dir; the controller manager is off"
+        ),
+        Err(e) => tracing::error!(error = %e, "the controller manager is off"),
+    }
+    match controller_client_config(&args.pki_dir, api_addr, SCHEDULER_CERT).await {
+        Ok(Some(base)) => elected.push(tokio::spawn({
+            let stop = controllers.clone();
+            let name = args.name.clone();
+            async move {
+                let connect = move |fence: Option<&str>| fenced_client(&base, fence);
+                let stopped = async move { stop.wait().await };
+                if let Err(e) =
+                    flotilla_scheduler::scheduler::run_elected(connect, &name, stopped).await
+                {
+                    tracing::error!(error = %e, "the scheduler could not start");
+                }
+            }
+        })),
         Ok(None) => {
-            tracing::warn!(
-                "no controller-manager certificate in the PKI dir; the controller manager is off"
-            );
-            None
+            tracing::warn!("no scheduler certificate in the PKI dir; the scheduler is off")
         }
-        Err(e) => {
-            tracing::error!(error = %e, "the controller manager is off");
-            None
-        }
-    };
+        Err(e) => tracing::error!(error = %e, "the scheduler is off"),
+    }
 
     let published_as = Member {
         name: args.name.clone(),
@@ -486,9 +500,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&published);
     controllers.trigger();
-    if let Some(cm) = controller_manager {
-        let _ = tokio::time::timeout(Duration::from_secs(3), cm).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(elected)).await;
     tasks.shutdown(Duration::from_secs(10)).await;
     node.shutdown().await;
     tracing::info!("stopped");
@@ -501,14 +513,18 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 /// The client certificate the controller manager uses (`flotilla up` issues it).
 pub const CONTROLLER_MANAGER_CERT: &str = "controller-manager";
 
-/// A client configuration for this master's own API with the controller manager's identity;
-/// `None` when the PKI dir holds no controller-manager certificate.
+/// The client certificate the scheduler uses (`flotilla up` issues it).
+pub const SCHEDULER_CERT: &str = "scheduler";
+
+/// A client configuration for this master's own API with the client certificate
+/// `pki/<identity>.crt`; `None` when the PKI dir holds no such certificate.
 async fn controller_client_config(
     pki_dir: &Path,
     api_addr: std::net::SocketAddr,
+    identity: &str,
 ) -> anyhow::Result<Option<kube::Config>> {
-    let cert = pki_dir.join(format!("{CONTROLLER_MANAGER_CERT}.crt"));
-    let key = pki_dir.join(format!("{CONTROLLER_MANAGER_CERT}.key"));
+    let cert = pki_dir.join(format!("{identity}.crt"));
+    let key = pki_dir.join(format!("{identity}.key"));
     if !cert.exists() {
         return Ok(None);
     }

@@ -488,6 +488,17 @@ async fn serve<B: Backend>(
             })
         }
         (Method::POST, Target::Object(res, Some(ns), name, Some(sub)))
+            if sub == "binding" && res.kind == "Pod" =>
+        {
+            let binding = parse_body(protobuf, &read_body(body).await?)?;
+            bind_pod(&api, res, &ns, &name, &binding).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Success", "code": 201}),
+            ))
+        }
+        (Method::POST, Target::Object(res, Some(ns), name, Some(sub)))
             if sub == "token" && res.kind == "ServiceAccount" =>
         {
             let signer = api.tokens.as_ref().ok_or_else(|| {
@@ -859,6 +870,74 @@ async fn require_namespace<B: Backend>(api: &Api<B>, ns: &str) -> Result<(), Api
             name: ns.into(),
         }),
         Err(e) => Err(e),
+    }
+}
+
+/// `pods/<name>/binding`: assigns the pod to the node the Binding names (what schedulers do).
+/// A pod bound already is 409 with Kubernetes' message; the pod gets its PodScheduled
+/// condition.
+async fn bind_pod<B: Backend>(
+    api: &Api<B>,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    binding: &Value,
+) -> Result<(), ApiError> {
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::Invalid {
+            kind: "Binding".into(),
+            name: name.into(),
+            causes: vec![("target.name".into(), "Required value".into())],
+        })?
+        .to_string();
+    if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str) {
+        let pod = api.storage.get(res, Some(ns), name).await?;
+        if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+            return Err(ApiError::Conflict {
+                kind: "pods".into(),
+                name: name.into(),
+            });
+        }
+    }
+    loop {
+        let mut pod = api.storage.get(res, Some(ns), name).await?;
+        match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => {
+                return Err(ApiError::AlreadyBound {
+                    pod: name.into(),
+                    node: n.into(),
+                })
+            }
+            _ => {}
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::Conflict {
+                kind: "pods".into(),
+                name: name.into(),
+            });
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        let now = jiff::Timestamp::now();
+        let now = now.round(jiff::Unit::Second).unwrap_or(now).to_string();
+        let conditions = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .chain([
+                json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                           "lastTransitionTime": now}),
+            ])
+            .collect::<Vec<_>>();
+        pod["status"]["conditions"] = json!(conditions);
+        match api.storage.update(res, Some(ns), &pod).await {
+            Err(ApiError::Conflict { .. }) => continue,
+            other => return other.map(|_| ()),
+        }
     }
 }
 
@@ -1243,6 +1322,15 @@ fn resource_list(group: &str, version: &str) -> Value {
             "kind": r.kind,
             "verbs": ["get", "patch", "update"],
         }));
+        if r.kind == "Pod" {
+            resources.push(json!({
+                "name": "pods/binding",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+        }
         if r.kind == "ServiceAccount" {
             resources.push(json!({
                 "name": "serviceaccounts/token",

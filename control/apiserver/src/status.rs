@@ -42,6 +42,14 @@ pub enum ApiError {
         /// The token the request carried.
         token: u64,
     },
+    /// 409: binding a pod that is bound already.
+    #[error("Operation cannot be fulfilled on pods/binding \"{pod}\": pod {pod} is already assigned to node \"{node}\"")]
+    AlreadyBound {
+        /// The pod.
+        pod: String,
+        /// The node it is bound to.
+        node: String,
+    },
     /// 422: the object is invalid; one cause per bad field.
     #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -89,7 +97,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            ApiError::Conflict { .. } | ApiError::Fenced { .. } => {
+            ApiError::Conflict { .. } | ApiError::Fenced { .. } | ApiError::AlreadyBound { .. } => {
                 (StatusCode::CONFLICT, "Conflict")
             }
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),

@@ -168,6 +168,7 @@ async fn try_acquire(leases: &Api<Lease>, cfg: &LeaderConfig) -> Result<u64, Dur
 /// Why a leader stopped leading.
 enum Lost {
     Shutdown,
+    WorkEnded,
     Taken(String),
     Unrenewed,
 }
@@ -217,7 +218,7 @@ pub async fn run<W, Fut>(
                 _ = &mut task => {
                     // The work ended on its own: give the Lease to someone else.
                     tracing::warn!(lease = %cfg.name, "leader election: the leader's work ended; stepping down");
-                    break Lost::Shutdown;
+                    break Lost::WorkEnded;
                 }
                 _ = tokio::time::sleep(cfg.renew_every) => {}
             }
@@ -259,6 +260,14 @@ pub async fn run<W, Fut>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 return;
+            }
+            Lost::WorkEnded => {
+                // Let another master try; campaign again after a pause.
+                release(&leases, &cfg).await;
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(cfg.election.lease_duration) => {}
+                }
             }
             Lost::Taken(holder) => {
                 tracing::warn!(lease = %cfg.name, %holder, "leader election: the Lease was taken; stopped")
@@ -322,4 +331,32 @@ async fn release(leases: &Api<Lease>, cfg: &LeaderConfig) {
         return;
     };
     let _ = write(leases, cfg, released, current.metadata.resource_version).await;
+}
+
+/// Campaigns for Lease `kube-system/<lease>` as `identity` and runs `work` with a fenced
+/// client while holding it, until `shutdown` completes. `connect(fence)` makes an API client;
+/// with `Some(header)`, one whose requests carry that fencing header.
+pub async fn run_elected<W, Fut>(
+    lease: &str,
+    connect: impl Fn(Option<&str>) -> Result<kube::Client, kube::Error>,
+    identity: &str,
+    shutdown: impl Future<Output = ()>,
+    work: W,
+) -> Result<(), kube::Error>
+where
+    W: FnMut(Leadership) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let cfg = LeaderConfig::new(lease, identity);
+    let client = connect(None)?;
+    let for_header = cfg.clone();
+    run(
+        client,
+        |token| connect(Some(&fence_header(&for_header, token))),
+        cfg,
+        shutdown,
+        work,
+    )
+    .await;
+    Ok(())
 }

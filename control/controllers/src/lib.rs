@@ -18,25 +18,20 @@ pub mod serviceaccounts;
 pub const LEASE: &str = "kube-controller-manager";
 
 /// Runs the controller manager of master `identity` until `shutdown` completes (then releases
-/// the Lease if held). `connect(fence)` makes an API client; with `Some(header)`, one whose
-/// requests carry that fencing header.
+/// the Lease if held); see [`leader::run_elected`] for `connect`.
 pub async fn run(
     connect: impl Fn(Option<&str>) -> Result<kube::Client, kube::Error>,
     identity: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), kube::Error> {
-    let cfg = leader::LeaderConfig::new(LEASE, identity);
-    let client = connect(None)?;
-    let for_header = cfg.clone();
-    leader::run(
-        client,
-        |token| connect(Some(&leader::fence_header(&for_header, token))),
-        cfg,
+    leader::run_elected(
+        LEASE,
+        connect,
+        identity,
         shutdown,
         |lead: leader::Leadership| async move {
             serviceaccounts::run(lead.client).await;
         },
     )
-    .await;
-    Ok(())
+    .await
 }

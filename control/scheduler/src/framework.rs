@@ -68,10 +68,30 @@ pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
+/// A node as the scheduler sees it: the Node, and what the pods on it (bound, or assumed
+/// bound by this scheduler) request.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    /// The node.
+    pub node: Node,
+    /// The sum of its pods' requests (pods counted too).
+    pub requested: crate::resources::Resources,
+}
+
+impl NodeInfo {
+    /// A node with nothing on it yet.
+    pub fn new(node: Node) -> NodeInfo {
+        NodeInfo {
+            node,
+            requested: Default::default(),
+        }
+    }
+}
+
 /// The Filter extension point: can `pod` run on `node`?
 pub trait Filter: Plugin {
     /// Decides for one node.
-    fn filter(&self, pod: &Pod, node: &Node) -> Status;
+    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status;
 }
 
 /// Builds a plugin.
@@ -115,7 +135,7 @@ impl Registry {
 }
 
 /// Runs `filters` for `pod` on `node`, stopping at the first that rejects it.
-pub fn run_filters(filters: &[Box<dyn Filter>], pod: &Pod, node: &Node) -> Status {
+pub fn run_filters(filters: &[Box<dyn Filter>], pod: &Pod, node: &NodeInfo) -> Status {
     for f in filters {
         let s = f.filter(pod, node);
         if !s.is_success() {

@@ -2,11 +2,15 @@
 //!
 //! Shaped like the Kubernetes scheduler framework: one small trait per extension point, a
 //! closed set of status codes with a documented requeue meaning, plugins registered by name.
-//! This first piece is the framework's core ([`framework`]) and the first two filter plugins
-//! ([`plugins`]). The queue, the remaining extension points and plugins, the assume-cache and
-//! binding arrive with the scheduler issue.
+//! [`framework`] (statuses, the Filter extension point, the registry), [`plugins`]
+//! (NodeUnschedulable, NodeName, TaintToleration, NodeAffinity, NodeResourcesFit with
+//! LeastAllocated scoring), [`resources`] (quantities) and [`scheduler`] (the loop: queue with
+//! backoff, assume-cache, binding, FailedScheduling, under fenced leader election). The other
+//! extension points and plugins (spreading, inter-pod affinity, preemption) are to come.
 
 #![forbid(unsafe_code)]
 
 pub mod framework;
 pub mod plugins;
+pub mod resources;
+pub mod scheduler;

@@ -1,11 +1,13 @@
 //! The node agent: runs the pods bound to its node through CRI (containerd + runc) and CNI,
 //! and reports node and pod status.
 //!
-//! This first piece is the node's runtime configuration ([`runtime_config`]): the CNI network
-//! the node's pods join and the containerd configuration the agent starts containerd with.
-//! The CRI client, pod lifecycle, probes, volumes, logs and exec arrive with the node agent
-//! issue.
+//! Today: the node's runtime configuration ([`runtime_config`]: the CNI network the node's
+//! pods join and the containerd configuration the agent starts containerd with), and
+//! simulated nodes ([`simulate`], as kwok does) so the control plane can be exercised without
+//! containers. The CRI client, pod lifecycle, probes, volumes, logs and exec arrive with the
+//! node agent issue.
 
 #![forbid(unsafe_code)]
 
 pub mod runtime_config;
+pub mod simulate;

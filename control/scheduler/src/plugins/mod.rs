@@ -1,7 +1,10 @@
 //! The built-in plugins, one file each.
 
+pub mod node_affinity;
 pub mod node_name;
+pub mod node_resources_fit;
 pub mod node_unschedulable;
+pub mod taint_toleration;
 
 use crate::framework::Registry;
 
@@ -10,6 +13,9 @@ pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.register_filter(node_name::NAME, node_name::new);
     r.register_filter(node_unschedulable::NAME, node_unschedulable::new);
+    r.register_filter(node_affinity::NAME, node_affinity::new);
+    r.register_filter(node_resources_fit::NAME, node_resources_fit::new);
+    r.register_filter(taint_toleration::NAME, taint_toleration::new);
     r
 }
 
@@ -42,9 +48,16 @@ mod tests {
         let filters = r.filters(&["NodeUnschedulable", "NodeName"]).unwrap();
         let mut pod = testing::pod();
         pod.spec.as_mut().unwrap().node_name = Some("other".into());
-        let s = run_filters(&filters, &pod, &testing::node("n1"));
+        let s = run_filters(
+            &filters,
+            &pod,
+            &crate::framework::NodeInfo::new(testing::node("n1")),
+        );
         assert_eq!(s.code, Code::UnschedulableAndUnresolvable);
         let err = r.filters(&["Nope"]).err().unwrap();
-        assert!(err.contains("known: NodeName, NodeUnschedulable"), "{err}");
+        assert!(
+            err.contains("known: NodeAffinity, NodeName, NodeResourcesFit"),
+            "{err}"
+        );
     }
 }

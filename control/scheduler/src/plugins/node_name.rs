@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::framework::{Code, Filter, Plugin, Status};
+use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
 
 /// The plugin's registered name.
 pub const NAME: &str = "NodeName";
@@ -34,8 +34,12 @@ impl Plugin for NodeName {
 }
 
 impl Filter for NodeName {
-    fn filter(&self, pod: &Pod, node: &Node) -> Status {
-        Status::fits_or(fits(pod, node), Code::UnschedulableAndUnresolvable, REASON)
+    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
+        Status::fits_or(
+            fits(pod, &node.node),
+            Code::UnschedulableAndUnresolvable,
+            REASON,
+        )
     }
 }
 

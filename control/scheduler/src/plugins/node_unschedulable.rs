@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::framework::{Code, Filter, Plugin, Status};
+use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
 
 /// The plugin's registered name.
 pub const NAME: &str = "NodeUnschedulable";
@@ -55,8 +55,12 @@ impl Plugin for NodeUnschedulable {
 }
 
 impl Filter for NodeUnschedulable {
-    fn filter(&self, pod: &Pod, node: &Node) -> Status {
-        Status::fits_or(fits(pod, node), Code::UnschedulableAndUnresolvable, REASON)
+    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
+        Status::fits_or(
+            fits(pod, &node.node),
+            Code::UnschedulableAndUnresolvable,
+            REASON,
+        )
     }
 }
 
@@ -85,7 +89,9 @@ mod tests {
         }]);
         assert!(fits(&tolerant, &n));
         assert_eq!(
-            NodeUnschedulable.filter(&p, &n).reason,
+            NodeUnschedulable
+                .filter(&p, &NodeInfo::new(n.clone()))
+                .reason,
             "node(s) were unschedulable"
         );
     }

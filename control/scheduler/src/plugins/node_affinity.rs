@@ -1,0 +1,170 @@
+//! NodeAffinity: the pod's `nodeSelector` and its required node affinity
+//! (`requiredDuringSchedulingIgnoredDuringExecution`) must match the node's labels.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod};
+
+use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
+
+/// The plugin's registered name.
+pub const NAME: &str = "NodeAffinity";
+
+/// The reason shown, as Kubernetes words it.
+pub const REASON: &str = "node(s) didn't match Pod's node affinity/selector";
+
+/// The NodeAffinity filter.
+#[derive(Debug, Default)]
+pub struct NodeAffinity;
+
+/// Builds the plugin.
+pub fn new() -> Box<dyn Filter> {
+    Box::new(NodeAffinity)
+}
+
+fn requirement(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let number = |v: &str| v.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(have), Some(bound)) = (
+                value.and_then(|v| number(v)),
+                values.first().and_then(|v| number(v)),
+            ) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                have > bound
+            } else {
+                have < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        // An empty term matches nothing.
+        return false;
+    }
+    let name = name.to_string();
+    exprs.iter().all(|r| requirement(r, labels.get(&r.key)))
+        && fields.iter().all(|r| {
+            let v = (r.key == "metadata.name").then_some(&name);
+            requirement(r, v)
+        })
+}
+
+/// Whether `pod` may go to `node` by selector and required affinity.
+pub fn fits(pod: &Pod, node: &Node) -> bool {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let name = node.metadata.name.as_deref().unwrap_or("");
+    let Some(spec) = pod.spec.as_ref() else {
+        return true;
+    };
+    let selector_ok = spec
+        .node_selector
+        .as_ref()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| {
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    let affinity_ok = required.is_none_or(|sel| {
+        sel.node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, labels, name))
+    });
+    selector_ok && affinity_ok
+}
+
+impl Plugin for NodeAffinity {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+impl Filter for NodeAffinity {
+    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
+        Status::fits_or(
+            fits(pod, &node.node),
+            Code::UnschedulableAndUnresolvable,
+            REASON,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(labels: serde_json::Value) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": "n1", "labels": labels}})).unwrap()
+    }
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn selectors_and_required_terms_must_match() {
+        let n = node(json!({"disk": "ssd", "zone": "a", "cores": "8"}));
+        let base = json!({"containers": []});
+        assert!(fits(&pod(base.clone()), &n));
+        assert!(fits(
+            &pod(json!({"containers": [], "nodeSelector": {"disk": "ssd"}})),
+            &n
+        ));
+        assert!(!fits(
+            &pod(json!({"containers": [], "nodeSelector": {"disk": "hdd"}})),
+            &n
+        ));
+        let affinity = |exprs: serde_json::Value| {
+            pod(json!({"containers": [], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": exprs}]}}}}))
+        };
+        assert!(fits(
+            &affinity(json!([{"key": "zone", "operator": "In", "values": ["a", "b"]}])),
+            &n
+        ));
+        assert!(!fits(
+            &affinity(json!([{"key": "zone", "operator": "NotIn", "values": ["a"]}])),
+            &n
+        ));
+        assert!(fits(
+            &affinity(json!([{"key": "gpu", "operator": "DoesNotExist"}])),
+            &n
+        ));
+        assert!(fits(
+            &affinity(json!([{"key": "cores", "operator": "Gt", "values": ["4"]}])),
+            &n
+        ));
+        assert!(!fits(
+            &affinity(json!([{"key": "cores", "operator": "Lt", "values": ["4"]}])),
+            &n
+        ));
+        assert_eq!(
+            NodeAffinity
+                .filter(
+                    &affinity(json!([{"key": "x", "operator": "Exists"}])),
+                    &NodeInfo::new(n)
+                )
+                .reason,
+            REASON
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! TaintToleration: a node's NoSchedule and NoExecute taints keep off pods that do not
+//! tolerate them.
+
+use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
+
+use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
+
+/// The plugin's registered name.
+pub const NAME: &str = "TaintToleration";
+
+/// The reason shown for a node with an untolerated taint.
+pub const REASON: &str = "node(s) had untolerated taint(s)";
+
+/// The TaintToleration filter.
+#[derive(Debug, Default)]
+pub struct TaintToleration;
+
+/// Builds the plugin.
+pub fn new() -> Box<dyn Filter> {
+    Box::new(TaintToleration)
+}
+
+/// Whether toleration `t` tolerates taint `taint` (Kubernetes' rules: an empty key with
+/// Exists tolerates everything; an empty effect matches every effect; Equal compares values).
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty()) {
+        if effect != taint.effect {
+            return false;
+        }
+    }
+    let exists = t.operator.as_deref() == Some("Exists");
+    match t.key.as_deref().filter(|k| !k.is_empty()) {
+        None => exists,
+        Some(k) if k != taint.key => false,
+        Some(_) if exists => true,
+        Some(_) => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    }
+}
+
+/// The first taint of the node that `pod` does not tolerate and that keeps pods off.
+pub fn untolerated<'a>(pod: &Pod, taints: &'a [Taint]) -> Option<&'a Taint> {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default();
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
+}
+
+impl Plugin for TaintToleration {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+}
+
+impl Filter for TaintToleration {
+    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
+        let taints = node
+            .node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_deref())
+            .unwrap_or_default();
+        Status::fits_or(
+            untolerated(pod, taints).is_none(),
+            Code::UnschedulableAndUnresolvable,
+            REASON,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taint(key: &str, value: &str, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            value: Some(value.into()),
+            effect: effect.into(),
+            ..Default::default()
+        }
+    }
+
+    fn tol(key: &str, op: &str, value: &str, effect: &str) -> Toleration {
+        Toleration {
+            key: Some(key.into()),
+            operator: Some(op.into()),
+            value: Some(value.into()),
+            effect: Some(effect.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tolerations_match_by_key_value_and_effect() {
+        let t = taint("dedicated", "gpu", "NoSchedule");
+        assert!(tolerates(
+            &tol("dedicated", "Equal", "gpu", "NoSchedule"),
+            &t
+        ));
+        assert!(tolerates(&tol("dedicated", "Exists", "", ""), &t));
+        assert!(tolerates(&tol("", "Exists", "", ""), &t));
+        assert!(!tolerates(
+            &tol("dedicated", "Equal", "cpu", "NoSchedule"),
+            &t
+        ));
+        assert!(!tolerates(
+            &tol("dedicated", "Equal", "gpu", "NoExecute"),
+            &t
+        ));
+        let mut pod = Pod::default();
+        pod.spec = Some(Default::default());
+        let soft = [taint("x", "", "PreferNoSchedule")];
+        assert!(
+            untolerated(&pod, &soft).is_none(),
+            "PreferNoSchedule only scores"
+        );
+        assert!(untolerated(&pod, std::slice::from_ref(&t)).is_some());
+    }
+}
