@@ -266,3 +266,16 @@ pub fn kubectl_bin(version: &str) -> PathBuf {
     .expect("kubectl is installed");
     real.parent().unwrap().join(format!("kubectl.{version}"))
 }
+
+/// Runs `kubectl.<version> --kubeconfig DIR/admin.kubeconfig args…`; panics with the output
+/// unless it succeeds; returns stdout.
+pub fn kubectl_ok(cluster: &LocalCluster, version: &str, args: &[&str]) -> String {
+    let out = Command::new(kubectl_bin(version))
+        .arg("--kubeconfig")
+        .arg(cluster.dir().join("admin.kubeconfig"))
+        .args(args)
+        .output()
+        .expect("running kubectl");
+    assert!(out.status.success(), "kubectl {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -3,20 +3,12 @@
 //! a pod that fits nowhere stays Pending with a FailedScheduling event that says why; a
 //! deleted pod's deletion is finished by its (simulated) node.
 
-use std::process::Command;
 use std::time::Duration;
 
-use flotilla_e2e::{kubectl_bin, show, wait_for, LocalCluster};
+use flotilla_e2e::{kubectl_ok, wait_for, LocalCluster};
 
 fn kubectl(cluster: &LocalCluster, args: &[&str]) -> String {
-    let out = Command::new(kubectl_bin("1.33"))
-        .arg("--kubeconfig")
-        .arg(cluster.dir().join("admin.kubeconfig"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "kubectl {args:?}: {}", show(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kubectl_ok(cluster, "1.33", args)
 }
 
 /// `pod → node` for running pods, from `kubectl get pods`.

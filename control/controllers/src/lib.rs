@@ -3,15 +3,18 @@
 //! Every master runs [`run`]: it campaigns for the `kube-system/kube-controller-manager`
 //! Lease ([`leader`], around the pure decision in [`election`]) and, while it holds it, runs
 //! every controller with a client whose writes carry the Lease's fencing token, so a deposed
-//! leader cannot write. Controllers today: [`serviceaccounts`]. The workload controllers, the
-//! garbage collector and node lifecycle arrive with the rest of the controllers issue.
+//! leader cannot write. Controllers today: [`serviceaccounts`], [`replicaset`] and the
+//! garbage collector ([`gc`], background propagation). Deployments, the other workload
+//! controllers and node lifecycle arrive with the rest of the controllers issue.
 
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 
 pub mod election;
+pub mod gc;
 pub mod leader;
+pub mod replicaset;
 pub mod serviceaccounts;
 
 /// The Lease the controller managers campaign for.
@@ -30,7 +33,12 @@ pub async fn run(
         identity,
         shutdown,
         |lead: leader::Leadership| async move {
-            serviceaccounts::run(lead.client).await;
+            // Every controller runs for the whole term; if one ends, the term ends.
+            tokio::select! {
+                _ = serviceaccounts::run(lead.client.clone()) => {}
+                _ = replicaset::run(lead.client.clone()) => {}
+                _ = gc::run(lead.client) => {}
+            }
         },
     )
     .await

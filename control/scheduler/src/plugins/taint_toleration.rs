@@ -112,8 +112,10 @@ mod tests {
             &tol("dedicated", "Equal", "gpu", "NoExecute"),
             &t
         ));
-        let mut pod = Pod::default();
-        pod.spec = Some(Default::default());
+        let pod = Pod {
+            spec: Some(Default::default()),
+            ..Default::default()
+        };
         let soft = [taint("x", "", "PreferNoSchedule")];
         assert!(
             untolerated(&pod, &soft).is_none(),
