@@ -247,7 +247,8 @@ fn pod(i: usize) -> serde_json::Value {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": format!("pod-{i:05}"), "labels": {"app": "bench", "shard": (i % 16).to_string()}},
-        "spec": {"containers": [{
+        // No scheduler takes these: the suite measures the API server alone.
+        "spec": {"schedulerName": "flotilla-bench-unscheduled", "containers": [{
             "name": "app",
             "image": "registry.local/bench:1",
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
