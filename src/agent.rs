@@ -31,6 +31,11 @@ pub struct AgentArgs {
     /// Simulated nodes are named `<prefix>-1` … `<prefix>-N`.
     #[arg(long, default_value = "sim")]
     pub prefix: String,
+
+    /// Seconds between a simulated node's heartbeats (Lease renewals).
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_interval: u64,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -52,6 +57,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let client = client(&args).await?;
         let mut cfg = flotilla_agent::simulate::SimConfig::new(n);
         cfg.prefix = args.prefix.clone();
+        cfg.heartbeat = std::time::Duration::from_secs(args.heartbeat_interval);
         Box::pin(flotilla_agent::simulate::run(client, cfg, async {
             let sig = flotilla_runtime::tasks::termination_signal().await;
             tracing::info!(signal = sig, "stopping the simulated nodes");

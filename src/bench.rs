@@ -13,13 +13,15 @@ use serde::Serialize;
 mod api;
 mod common;
 mod kv;
+mod scheduler;
 
 /// Flags of `flotilla bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The suite to run: `kv` (the replicated store against a 3-member etcd 3.4, same client,
-    /// same workload) or `api` (the Kubernetes API server on 3 masters against the API
-    /// server issue's bars). Planned: `routing` (eBPF Service routing against iptables).
+    /// same workload), `api` (the Kubernetes API server on 3 masters against the API server
+    /// issue's bars) or `scheduler` (scheduling throughput and leader failover against the
+    /// controllers issue's bars). Planned: `routing` (eBPF Service routing against iptables).
     pub suite: String,
 
     /// Print one JSON document with every figure and ratio instead of a table.
@@ -42,7 +44,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
 
-    /// Concurrent creating clients (api).
+    /// Concurrent creating clients (api, scheduler).
     #[arg(long, default_value_t = 64)]
     pub api_clients: usize,
 
@@ -50,7 +52,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 500.0)]
     pub rate: f64,
 
-    /// Pods that exist for the LIST measurement (api).
+    /// Pods that exist for the LIST measurement (api), or are scheduled (scheduler).
     #[arg(long, default_value_t = 10_000)]
     pub pods: usize,
 
@@ -65,10 +67,14 @@ pub struct BenchArgs {
     /// Concurrent clients making those changes (api).
     #[arg(long, default_value_t = 64)]
     pub burst_clients: usize,
+
+    /// Node objects the pods are scheduled onto (scheduler).
+    #[arg(long, default_value_t = 5_000)]
+    pub nodes: usize,
 }
 
 /// Suites that run today.
-const AVAILABLE: &[&str] = &["kv", "api"];
+const AVAILABLE: &[&str] = &["kv", "api", "scheduler"];
 
 /// Suites that will exist, with the issue that brings each.
 const PLANNED: &[(&str, &str)] = &[("routing", "eBPF routing (Service routing against iptables)")];
@@ -91,6 +97,11 @@ fn run_suite(args: &BenchArgs) -> Option<anyhow::Result<Report>> {
             watchers: args.watchers,
             burst: args.burst,
             burst_clients: args.burst_clients,
+        })),
+        "scheduler" => Some(scheduler::run(&scheduler::SchedulerWorkload {
+            nodes: args.nodes,
+            pods: args.pods,
+            clients: args.api_clients,
         })),
         _ => None,
     }

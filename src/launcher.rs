@@ -53,6 +53,13 @@ pub struct UpArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub snapshot_count: u64,
 
+    /// Seconds a node may go without a heartbeat before it counts as unreachable (its pods
+    /// are then evicted once their tolerations run out). Simulated nodes heartbeat at a
+    /// quarter of this (at most every 10 s).
+    #[arg(long, value_name = "SECS", default_value_t = 40,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub node_monitor_grace_period: u64,
+
     /// Seconds to wait for every process to become healthy.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -257,6 +264,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .args(["--listen-api", "127.0.0.1:0"])
                 .args(["--initial-cluster", &initial_cluster])
                 .args(["--snapshot-count", &args.snapshot_count.to_string()])
+                .args([
+                    "--node-monitor-grace-period",
+                    &args.node_monitor_grace_period.to_string(),
+                ])
                 .arg("--pki-dir")
                 .arg(&pki_dir),
             &log,
@@ -298,7 +309,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.simulated_nodes > 0 {
         let sim = match running.remove(SIMULATOR) {
             Some(p) => p,
-            None => start_simulator(&exe, &dir, args.simulated_nodes, deadline)?,
+            None => start_simulator(
+                &exe,
+                &dir,
+                args.simulated_nodes,
+                (args.node_monitor_grace_period / 4).clamp(1, 10),
+                deadline,
+            )?,
         };
         cluster.processes.push(sim);
         write_atomically(&cluster_file(&dir), &serde_json::to_vec_pretty(&cluster)?)?;
@@ -322,8 +339,6 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A kubeconfig for the admin user (certificate files under `DIR/pki`) with one context per
-/// master; the current context is the first master's.
 /// The name of the simulated-nodes process in `cluster.json`.
 const SIMULATOR: &str = "simulated-nodes";
 
@@ -333,6 +348,7 @@ fn start_simulator(
     exe: &Path,
     dir: &Path,
     nodes: u16,
+    heartbeat_secs: u64,
     deadline: Instant,
 ) -> anyhow::Result<ProcessEntry> {
     let data_dir = dir.join(SIMULATOR);
@@ -343,6 +359,7 @@ fn start_simulator(
         Command::new(exe)
             .arg("agent")
             .args(["--simulate", &nodes.to_string()])
+            .args(["--heartbeat-interval", &heartbeat_secs.to_string()])
             .arg("--kubeconfig")
             .arg(dir.join("admin.kubeconfig"))
             .arg("--data-dir")

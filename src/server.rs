@@ -99,6 +99,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     pub restore: Option<PathBuf>,
 
+    /// Seconds a node may go without a heartbeat before the controller manager counts it as
+    /// unreachable (Kubernetes' --node-monitor-grace-period).
+    #[arg(long, value_name = "SECS", default_value_t = 40,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_monitor_grace_period: u64,
+
     /// Directory with the cluster CA (ca.crt) and this member's certificate and key
     /// (NAME.crt, NAME.key), valid for its peer and client addresses. `flotilla up` makes them.
     #[arg(long, value_name = "DIR")]
@@ -413,19 +419,29 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let controllers = Shutdown::new();
     let mut elected = Vec::new();
     match controller_client_config(&args.pki_dir, api_addr, CONTROLLER_MANAGER_CERT).await {
-        Ok(Some(base)) => elected.push(tokio::spawn({
-            let stop = controllers.clone();
-            let name = args.name.clone();
-            async move {
-                let connect = move |fence: Option<&str>| fenced_client(&base, fence);
-                if let Err(e) =
-                    flotilla_controllers::run(connect, &name, async move { stop.wait().await })
+        Ok(Some(base)) => {
+            elected.push(tokio::spawn({
+                let stop = controllers.clone();
+                let name = args.name.clone();
+                let args_grace = args.node_monitor_grace_period;
+                async move {
+                    let connect = move |fence: Option<&str>| fenced_client(&base, fence);
+                    let settings = flotilla_controllers::Settings {
+                        node_lifecycle: flotilla_controllers::nodelifecycle::Settings {
+                            grace: Duration::from_secs(args_grace),
+                        },
+                    };
+                    if let Err(e) =
+                        flotilla_controllers::run(connect, &name, settings, async move {
+                            stop.wait().await
+                        })
                         .await
-                {
-                    tracing::error!(error = %e, "the controller manager could not start");
+                    {
+                        tracing::error!(error = %e, "the controller manager could not start");
+                    }
                 }
-            }
-        })),
+            }))
+        }
         Ok(None) => tracing::warn!(
             "no controller-manager certificate in the PKI dir; the controller manager is off"
         ),
@@ -499,6 +515,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&published);
+    if failure.is_some() {
+        // Requests in flight have been told why (the store ends them on a fatal error): give
+        // their answers a moment to reach the clients before the listeners close.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     controllers.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(elected)).await;
     tasks.shutdown(Duration::from_secs(10)).await;

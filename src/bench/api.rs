@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::AsyncBufReadExt;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use super::common::{summarize, FlotillaCluster, ScratchDir};
+use super::common::{connect, get, post, summarize, FlotillaCluster, ScratchDir};
 use super::{Better, Figure, Report};
 
 /// What one run measures.
@@ -200,46 +199,6 @@ async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Resul
         baseline: "the API server issue's bars".into(),
         figures,
     })
-}
-
-/// One `kube` client per master, with the admin identity of `DIR/admin.kubeconfig`.
-async fn connect(cluster: &FlotillaCluster) -> anyhow::Result<Vec<kube::Client>> {
-    let path = cluster.dir.join("admin.kubeconfig");
-    let kc = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut clients = Vec::new();
-    for ctx in kc.contexts.iter().map(|c| c.name.clone()) {
-        let opts = KubeConfigOptions {
-            context: Some(ctx.clone()),
-            ..Default::default()
-        };
-        let cfg = kube::Config::from_custom_kubeconfig(kc.clone(), &opts)
-            .await
-            .with_context(|| format!("kubeconfig context {ctx}"))?;
-        clients.push(kube::Client::try_from(cfg)?);
-    }
-    if clients.is_empty() {
-        bail!("{} names no master", path.display());
-    }
-    Ok(clients)
-}
-
-async fn post(client: &kube::Client, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
-    let req = http::Request::post(path)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(body)?)?;
-    client
-        .request_text(req)
-        .await
-        .with_context(|| format!("POST {path}"))?;
-    Ok(())
-}
-
-async fn get(client: &kube::Client, path: &str) -> anyhow::Result<String> {
-    let req = http::Request::get(path).body(Vec::new())?;
-    client
-        .request_text(req)
-        .await
-        .with_context(|| format!("GET {path}"))
 }
 
 fn pod(i: usize) -> serde_json::Value {

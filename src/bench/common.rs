@@ -1,11 +1,12 @@
 //! Pieces every suite shares: a scratch directory, a Flotilla cluster started with
-//! `flotilla up`, and latency summaries.
+//! `flotilla up`, API clients for it, and latency summaries.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Throughput and latency of one measurement.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +33,15 @@ pub fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Measured {
     }
 }
 
+/// Set to keep a run's data and logs (its processes are stopped all the same).
+pub const KEEP_ENV: &str = "FLOTILLA_BENCH_KEEP";
+
+fn keep() -> bool {
+    std::env::var_os(KEEP_ENV).is_some()
+}
+
 /// A scratch directory for one run (under `$FLOTILLA_BENCH_DIR`, default `/var/tmp`), removed
-/// on drop.
+/// on drop unless `$FLOTILLA_BENCH_KEEP` is set.
 pub struct ScratchDir(pub PathBuf);
 
 impl ScratchDir {
@@ -50,6 +58,10 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
+        if keep() {
+            eprintln!("kept {} ({KEEP_ENV} is set)", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -63,10 +75,16 @@ pub struct FlotillaCluster {
 
 impl FlotillaCluster {
     pub fn start(dir: &Path) -> anyhow::Result<FlotillaCluster> {
+        FlotillaCluster::start_with(dir, &[])
+    }
+
+    /// Like [`FlotillaCluster::start`], with more `flotilla up` flags.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<FlotillaCluster> {
         let exe = std::env::current_exe()?;
         let out = Command::new(&exe)
             .args(["up", "--nodes", "0", "--no-demo", "--dir"])
             .arg(dir)
+            .args(extra)
             .output()
             .context("running flotilla up")?;
         // From here on, drop stops whatever did start.
@@ -99,18 +117,75 @@ impl FlotillaCluster {
     pub fn pki_dir(&self) -> PathBuf {
         self.dir.join("pki")
     }
+
+    /// The pid of master `name` as `flotilla up` recorded it.
+    pub fn master_pid(&self, name: &str) -> Option<u32> {
+        self.info["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name && p["role"] == "master")?["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+    }
 }
 
 impl Drop for FlotillaCluster {
     fn drop(&mut self) {
         if let Ok(exe) = std::env::current_exe() {
+            let purge = if keep() { None } else { Some("--purge") };
             let _ = Command::new(exe)
-                .args(["down", "--purge", "--dir"])
+                .arg("down")
+                .args(purge)
+                .arg("--dir")
                 .arg(&self.dir)
                 .stdout(Stdio::null())
                 .status();
         }
     }
+}
+
+/// One `kube` client per master, with the admin identity of `DIR/admin.kubeconfig`.
+pub async fn connect(cluster: &FlotillaCluster) -> anyhow::Result<Vec<kube::Client>> {
+    let path = cluster.dir.join("admin.kubeconfig");
+    let kc = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut clients = Vec::new();
+    for ctx in kc.contexts.iter().map(|c| c.name.clone()) {
+        let opts = KubeConfigOptions {
+            context: Some(ctx.clone()),
+            ..Default::default()
+        };
+        let cfg = kube::Config::from_custom_kubeconfig(kc.clone(), &opts)
+            .await
+            .with_context(|| format!("kubeconfig context {ctx}"))?;
+        clients.push(kube::Client::try_from(cfg)?);
+    }
+    if clients.is_empty() {
+        bail!("{} names no master", path.display());
+    }
+    Ok(clients)
+}
+
+pub async fn post(
+    client: &kube::Client,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let req = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body)?)?;
+    client
+        .request_text(req)
+        .await
+        .with_context(|| format!("POST {path}"))?;
+    Ok(())
+}
+
+pub async fn get(client: &kube::Client, path: &str) -> anyhow::Result<String> {
+    let req = http::Request::get(path).body(Vec::new())?;
+    client
+        .request_text(req)
+        .await
+        .with_context(|| format!("GET {path}"))
 }
 
 #[cfg(test)]

@@ -279,3 +279,25 @@ pub fn kubectl_ok(cluster: &LocalCluster, version: &str, args: &[&str]) -> Strin
     assert!(out.status.success(), "kubectl {args:?}: {}", show(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Panics if any running process's command line contains `marker` (a benchmark's scratch
+/// directory, say): what a run started must be gone when it ends.
+pub fn assert_nothing_running(marker: &str) {
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let leftovers: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(marker))
+        .map(String::from)
+        .collect();
+    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+}
+
+/// The figure of a `flotilla bench --json` report whose metric starts with `prefix`.
+pub fn bench_figure<'a>(report: &'a serde_json::Value, prefix: &str) -> &'a serde_json::Value {
+    report["figures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["metric"].as_str().unwrap_or("").starts_with(prefix))
+        .unwrap_or_else(|| panic!("no figure {prefix:?} in {report}"))
+}

@@ -2,7 +2,7 @@
 //! created at a fixed rate and then unpaced, listed, and watched by many watchers during a
 //! burst; every figure is measured, and nothing is left running.
 
-use flotilla_e2e::{flotilla, show};
+use flotilla_e2e::{assert_nothing_running, bench_figure, flotilla, show};
 
 #[test]
 fn bench_api_measures_creates_lists_and_watch_fan_out() {
@@ -29,12 +29,7 @@ fn bench_api_measures_creates_lists_and_watch_fan_out() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     assert_eq!(report["suite"], "api");
     let figures = report["figures"].as_array().unwrap();
-    let metric = |prefix: &str| {
-        figures
-            .iter()
-            .find(|f| f["metric"].as_str().unwrap().starts_with(prefix))
-            .unwrap_or_else(|| panic!("no figure {prefix:?} in {report}"))
-    };
+    let metric = |prefix: &str| bench_figure(&report, prefix);
     for f in figures {
         assert!(f["flotilla"].as_f64().unwrap() > 0.0, "{f}");
     }
@@ -47,14 +42,5 @@ fn bench_api_measures_creates_lists_and_watch_fan_out() {
         .as_f64()
         .unwrap();
     assert!(rate > 50.0, "{rate}");
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .unwrap();
-    let leftovers: Vec<String> = String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .filter(|l| l.contains("flotilla-bench-api-"))
-        .map(String::from)
-        .collect();
-    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+    assert_nothing_running("flotilla-bench-api-");
 }

@@ -1,7 +1,7 @@
 //! A smoke run of `flotilla bench kv`: both clusters start, the same workload runs against
 //! each, every figure has a finite ratio, and nothing is left running.
 
-use flotilla_e2e::{flotilla, show};
+use flotilla_e2e::{assert_nothing_running, flotilla, show};
 
 #[test]
 fn bench_kv_runs_both_sides_and_reports_ratios() {
@@ -35,14 +35,5 @@ fn bench_kv_runs_both_sides_and_reports_ratios() {
         assert!(f["ratio"].as_f64().unwrap().is_finite(), "{f}");
     }
     // The run's clusters are gone: no etcd or flotilla server of the bench is left.
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .unwrap();
-    let leftovers: Vec<String> = String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .filter(|l| l.contains("flotilla-bench-kv-"))
-        .map(String::from)
-        .collect();
-    assert!(leftovers.is_empty(), "left running: {leftovers:?}");
+    assert_nothing_running("flotilla-bench-kv-");
 }

@@ -37,7 +37,8 @@ fn unavailable_subcommands_say_so_and_fail() {
     }
     let out = flotilla(&["bench", "nonsense"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("available: kv, api; planned: routing"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("available: kv, api, scheduler; planned: routing"));
 }
 
 #[test]

@@ -65,6 +65,35 @@ pub fn pod_spec(spec: &mut Value) {
     containers(spec.get_mut("initContainers"));
 }
 
+/// The DefaultTolerationSeconds admission of Kubernetes: a pod tolerates its node being
+/// not-ready or unreachable for 300 s (then it is evicted), unless it says otherwise.
+fn default_toleration_seconds(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = list.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let covered = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute") && (k == key || (k.is_empty() && exists))
+        });
+        if !covered {
+            list.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                             "tolerationSeconds": 300}),
+            );
+        }
+    }
+}
+
 fn template(obj: &mut Value) {
     if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
         pod_spec(spec);
@@ -77,6 +106,7 @@ pub fn apply(kind: &str, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec(spec);
+                default_toleration_seconds(spec);
             }
             if obj.pointer("/status/phase").is_none() {
                 obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
@@ -172,6 +202,17 @@ mod tests {
         );
         assert_eq!(pod["spec"]["containers"][1]["ports"][0]["protocol"], "TCP");
         assert_eq!(pod["status"]["phase"], "Pending");
+        let tolerations = pod["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(tolerations.len(), 2);
+        assert_eq!(tolerations[1]["key"], "node.kubernetes.io/unreachable");
+        assert_eq!(tolerations[1]["tolerationSeconds"], 300);
+        // A pod's own toleration for a key is kept, and defaulting twice adds nothing.
+        let mut own = json!({"spec": {"containers": [], "tolerations": [
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}});
+        apply("Pod", &mut own);
+        apply("Pod", &mut own);
+        assert_eq!(own["spec"]["tolerations"].as_array().unwrap().len(), 2);
+        assert_eq!(own["spec"]["tolerations"][0]["tolerationSeconds"], 5);
 
         let mut deploy = json!({"spec": {"replicas": 0, "template": {"spec": {"containers": [{"name": "a", "image": "x:latest"}]}}}});
         apply("Deployment", &mut deploy);

@@ -707,6 +707,28 @@ struct DeleteOptions {
     uid: Option<String>,
     /// `gracePeriodSeconds`.
     grace_period: Option<i64>,
+    /// `propagationPolicy` (or the older `orphanDependents`): Orphan, Background or Foreground.
+    propagation: Option<String>,
+}
+
+/// The finalizer through which the garbage collector carries out a propagation policy, if the
+/// policy needs one (Background needs none: the object goes and the collector follows).
+fn propagation_finalizer(policy: Option<&str>) -> Option<&'static str> {
+    match policy {
+        Some("Orphan") => Some("orphan"),
+        Some("Foreground") => Some("foregroundDeletion"),
+        _ => None,
+    }
+}
+
+fn check_propagation(policy: &str) -> Result<(), ApiError> {
+    if matches!(policy, "Orphan" | "Background" | "Foreground") {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "propagationPolicy: Unsupported value: {policy:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
+        )))
+    }
 }
 
 async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions, ApiError> {
@@ -731,13 +753,30 @@ async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions
             .and_then(Value::as_str)
             .map(String::from),
         grace_period: body.get("gracePeriodSeconds").and_then(Value::as_i64),
+        propagation: match (
+            body.get("propagationPolicy").and_then(Value::as_str),
+            body.get("orphanDependents").and_then(Value::as_bool),
+        ) {
+            (Some(p), _) => Some(p.to_string()),
+            (None, Some(true)) => Some("Orphan".into()),
+            (None, Some(false)) => Some("Background".into()),
+            (None, None) => None,
+        },
     };
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k == "gracePeriodSeconds" {
-            opts.grace_period = Some(v.parse().map_err(|_| {
-                ApiError::BadRequest(format!("gracePeriodSeconds {v:?} is not a number"))
-            })?);
+        match &*k {
+            "gracePeriodSeconds" => {
+                opts.grace_period = Some(v.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("gracePeriodSeconds {v:?} is not a number"))
+                })?);
+            }
+            "propagationPolicy" => opts.propagation = Some(v.to_string()),
+            "orphanDependents" if v == "true" => opts.propagation = Some("Orphan".into()),
+            _ => {}
         }
+    }
+    if let Some(p) = &opts.propagation {
+        check_propagation(p)?;
     }
     Ok(opts)
 }
@@ -745,8 +784,9 @@ async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions
 /// Deletes an object as Kubernetes does: an object with finalizers only gets a
 /// `deletionTimestamp` (it goes when its finalizers are removed); a pod bound to a node is
 /// deleted gracefully (`deletionTimestamp` = now + grace period, for its node agent to stop
-/// it) unless the grace period is 0; anything else goes at once.
-// FIXME(issue 5): propagationPolicy Foreground/Orphan (finalizers the garbage collector removes).
+/// it) unless the grace period is 0; anything else goes at once. Propagation policies
+/// Orphan and Foreground add the `orphan` or `foregroundDeletion` finalizer, which the
+/// garbage collector removes once it has released or deleted the dependents.
 async fn delete_object<B: Backend>(
     api: &Api<B>,
     res: &Resource,
@@ -769,10 +809,26 @@ async fn delete_object<B: Backend>(
                 return Err(conflict());
             }
         }
-        let finalizers = current
+        let mut finalizers = current
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
+        let mut current = current;
+        // Pods own nothing here: their policy is moot.
+        let propagate = propagation_finalizer(opts.propagation.as_deref()).filter(|_| {
+            res.kind != "Pod" && current.pointer("/metadata/deletionTimestamp").is_none()
+        });
+        if let Some(f) = propagate {
+            let list = current["metadata"]
+                .as_object_mut()
+                .map(|m| m.entry("finalizers").or_insert_with(|| json!([])));
+            if let Some(Value::Array(list)) = list {
+                if !list.iter().any(|x| x == f) {
+                    list.push(json!(f));
+                }
+            }
+            finalizers = true;
+        }
         let grace = opts.grace_period.unwrap_or_else(|| {
             current
                 .pointer("/spec/terminationGracePeriodSeconds")
@@ -893,17 +949,33 @@ async fn bind_pod<B: Backend>(
             causes: vec![("target.name".into(), "Required value".into())],
         })?
         .to_string();
-    if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str) {
-        let pod = api.storage.get(res, Some(ns), name).await?;
-        if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+    let want_uid = binding.pointer("/metadata/uid").and_then(Value::as_str);
+    // The first read may come from this master's applied state (the write below compares the
+    // resourceVersion, so a stale read only costs a retry); a retry reads through the leader.
+    let mut fresh = false;
+    loop {
+        let mut pod = if fresh {
+            api.storage.get(res, Some(ns), name).await?
+        } else {
+            match api.storage.get_local(res, Some(ns), name).await {
+                Ok(p) => p,
+                // Maybe not applied here yet: ask the leader.
+                Err(ApiError::NotFound { .. }) => api.storage.get(res, Some(ns), name).await?,
+                Err(e) => return Err(e),
+            }
+        };
+        let was_fresh = std::mem::replace(&mut fresh, true);
+        if want_uid
+            .is_some_and(|uid| pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid))
+        {
+            if !was_fresh {
+                continue;
+            }
             return Err(ApiError::Conflict {
                 kind: "pods".into(),
                 name: name.into(),
             });
         }
-    }
-    loop {
-        let mut pod = api.storage.get(res, Some(ns), name).await?;
         match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
             Some(n) if !n.is_empty() => {
                 return Err(ApiError::AlreadyBound {

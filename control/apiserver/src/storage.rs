@@ -310,10 +310,36 @@ impl<B: Backend> Storage<B> {
         ns: Option<&str>,
         name: &str,
     ) -> Result<Value, ApiError> {
+        self.read(res, ns, name, false).await
+    }
+
+    async fn read(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        serializable: bool,
+    ) -> Result<Value, ApiError> {
         let req = RangeRequest::new(KeyRange::Single(key_of(res, ns, name)));
-        let (_, resp) = self.backend.range(req, false).await.map_err(internal)?;
+        let (_, resp) = self
+            .backend
+            .range(req, serializable)
+            .await
+            .map_err(internal)?;
         let kv = resp.kvs.first().ok_or_else(|| not_found(res, name))?;
         decode(&kv.value, kv.mod_revision)
+    }
+
+    /// Like [`Storage::get`] from this member's applied state, without a read barrier: it may
+    /// be slightly behind, so it only suits a read-modify-write whose write compares the
+    /// resourceVersion (a stale read then fails the compare and is read again).
+    pub async fn get_local(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        self.read(res, ns, name, true).await
     }
 
     /// Every object of `res` in `ns` (all namespaces if `None`) and the revision read at.
@@ -456,6 +482,22 @@ impl<B: Backend> Storage<B> {
                 .map(|(_, k)| (*k).clone())
                 .collect();
             if taken.contains(&key) {
+                // A retried proposal (the store retries when an attempt's outcome is unknown,
+                // e.g. across a leader change) may find the object its first attempt wrote:
+                // the uid generated for this request says so, and then it is a success.
+                let existing = match resp.responses.first() {
+                    Some(OpResponse::Range(r)) => r.kvs.first(),
+                    _ => None,
+                };
+                if let Some(kv) = existing {
+                    let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
+                    let current = decode(&kv.value, kv.mod_revision)?;
+                    if uid.is_some()
+                        && current.pointer("/metadata/uid").and_then(Value::as_str) == uid
+                    {
+                        return Ok(Ok(current));
+                    }
+                }
                 return Err(ApiError::AlreadyExists {
                     kind: resource_ref(res),
                     name: name.into(),
@@ -554,8 +596,13 @@ impl<B: Backend> Storage<B> {
         let (h, resp) = self.backend.txn(txn).await.map_err(internal)?;
         check_fence(fence, &resp)?;
         if !resp.succeeded {
-            let exists =
-                matches!(resp.responses.first(), Some(OpResponse::Range(r)) if !r.kvs.is_empty());
+            // (A retried proposal whose first attempt committed lands here too: a Conflict,
+            // as Kubernetes answers any stale update; clients re-read and retry.)
+            let current = match resp.responses.first() {
+                Some(OpResponse::Range(r)) => r.kvs.first(),
+                _ => None,
+            };
+            let exists = current.is_some();
             return Err(if exists {
                 ApiError::Conflict {
                     kind: resource_ref(res),
@@ -768,6 +815,19 @@ mod tests {
             s.create(res, ns, &cm("a", "1")).await,
             Err(ApiError::AlreadyExists { .. })
         ));
+        // The same request again (a proposal retried after an unknown outcome): its uid
+        // finds its own object, a success; another uid is a conflict.
+        let mut mine = cm("b", "1");
+        mine["metadata"]["uid"] = json!("uid-b");
+        let first = s.create(res, ns, &mine).await.unwrap();
+        let again = s.create(res, ns, &mine).await.unwrap();
+        assert_eq!(first, again);
+        mine["metadata"]["uid"] = json!("uid-other");
+        assert!(matches!(
+            s.create(res, ns, &mine).await,
+            Err(ApiError::AlreadyExists { .. })
+        ));
+        s.delete(res, ns, "b", None).await.unwrap();
         let got = s.get(res, ns, "a").await.unwrap();
         assert_eq!(got["data"]["k"], "1");
         assert_eq!(resource_version(&got).unwrap(), rv);

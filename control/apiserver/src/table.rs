@@ -270,10 +270,23 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                         "NotReady"
                     }
                 });
+            let mut status = ready.to_string();
+            if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
+                status.push_str(",SchedulingDisabled");
+            }
+            // Roles come from node-role.kubernetes.io/<role> labels, as kubectl shows them.
+            let roles: Vec<&str> = o
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+                .filter(|r| !r.is_empty())
+                .collect();
             vec![
                 name,
-                json!(ready),
-                json!("<none>"),
+                json!(status),
+                json!(or_none(roles.join(","))),
                 age,
                 json!(s(o, "/status/nodeInfo/kubeletVersion")),
             ]

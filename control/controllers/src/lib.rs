@@ -3,19 +3,32 @@
 //! Every master runs [`run`]: it campaigns for the `kube-system/kube-controller-manager`
 //! Lease ([`leader`], around the pure decision in [`election`]) and, while it holds it, runs
 //! every controller with a client whose writes carry the Lease's fencing token, so a deposed
-//! leader cannot write. Controllers today: [`serviceaccounts`], [`replicaset`] and the
-//! garbage collector ([`gc`], background propagation). Deployments, the other workload
-//! controllers and node lifecycle arrive with the rest of the controllers issue.
+//! leader cannot write. Controllers today: [`serviceaccounts`], [`replicaset`],
+//! [`deployment`], [`endpoints`] (Endpoints and EndpointSlices), [`nodelifecycle`] (taints
+//! nodes that stop heartbeating, evicts their pods) and the garbage collector ([`gc`]). The
+//! other workload controllers (Job, CronJob, DaemonSet, StatefulSet) and the autoscaler are
+//! still to come. [`events`] records what the controllers do.
 
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 
+pub mod deployment;
 pub mod election;
+pub mod endpoints;
+pub mod events;
 pub mod gc;
 pub mod leader;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccounts;
+
+/// Settings of the controllers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    /// Node lifecycle (the grace period of node heartbeats).
+    pub node_lifecycle: nodelifecycle::Settings,
+}
 
 /// The Lease the controller managers campaign for.
 pub const LEASE: &str = "kube-controller-manager";
@@ -25,6 +38,7 @@ pub const LEASE: &str = "kube-controller-manager";
 pub async fn run(
     connect: impl Fn(Option<&str>) -> Result<kube::Client, kube::Error>,
     identity: &str,
+    settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), kube::Error> {
     leader::run_elected(
@@ -37,6 +51,9 @@ pub async fn run(
             tokio::select! {
                 _ = serviceaccounts::run(lead.client.clone()) => {}
                 _ = replicaset::run(lead.client.clone()) => {}
+                _ = deployment::run(lead.client.clone()) => {}
+                _ = endpoints::run(lead.client.clone()) => {}
+                _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}
             }
         },

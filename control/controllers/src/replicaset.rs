@@ -261,7 +261,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Act
 }
 
 /// A 404 (the object went meanwhile) is not an error for a reconciler.
-fn ignore_gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+pub(crate) fn ignore_gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match r {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

@@ -72,8 +72,10 @@ pub trait Plugin: Send + Sync {
 /// bound by this scheduler) request.
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
-    /// The node.
-    pub node: Node,
+    /// The node (shared: the scheduler's cache hands it to every round without copying).
+    pub node: std::sync::Arc<Node>,
+    /// What the node offers (its `status.allocatable`, parsed once).
+    pub allocatable: crate::resources::Resources,
     /// The sum of its pods' requests (pods counted too).
     pub requested: crate::resources::Resources,
 }
@@ -81,10 +83,17 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// A node with nothing on it yet.
     pub fn new(node: Node) -> NodeInfo {
+        let allocatable = crate::resources::allocatable(&node);
         NodeInfo {
-            node,
+            node: std::sync::Arc::new(node),
+            allocatable,
             requested: Default::default(),
         }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.node.metadata.name.as_deref().unwrap_or("")
     }
 }
 

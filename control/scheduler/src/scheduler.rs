@@ -3,10 +3,14 @@
 //!
 //! State comes from two watches (nodes, pods). A pod without a node whose `schedulerName` is
 //! ours waits in the queue; each round takes the pods whose backoff has passed, runs the
-//! profile's filters on every node (a node's requests count the pods bound to it and the pods
+//! profile's filters on the nodes (a node's requests count the pods bound to it and the pods
 //! this scheduler has just bound — the assume-cache — so consecutive pods never overcommit a
 //! node before the binds are observed), picks the feasible node with the best LeastAllocated
-//! score, and binds. A pod that fits nowhere gets a `FailedScheduling` event and a
+//! score, assumes the pod there and binds it in the background (up to 256 binds in flight;
+//! a failed bind unassumes the pod and requeues it). As in Kubernetes, a search in a large
+//! cluster stops after enough feasible nodes ([`nodes_to_find`]: 500 of 5,000) and the next
+//! search starts where it stopped, so pods still spread over every node. Successful binds get
+//! a `Scheduled` event, recorded beside the binds. A pod that fits nowhere gets a `FailedScheduling` event and a
 //! `PodScheduled=False` condition naming the reasons per node, as `kubectl describe pod`
 //! shows on Kubernetes, and waits with exponential backoff (1 s doubling to 10 s) — or until
 //! a node changes.
@@ -52,12 +56,19 @@ struct Pending {
 /// What the scheduler knows.
 #[derive(Debug, Default)]
 pub struct Cache {
-    nodes: BTreeMap<String, Node>,
+    /// The nodes with their requests, in a vector the rounds scan without copying.
+    nodes: Vec<NodeInfo>,
+    /// Node name → index in `nodes`.
+    index: HashMap<String, usize>,
     /// Pods on nodes, bound or assumed: uid → (node, requests).
     placed: HashMap<String, (String, Resources)>,
-    /// Requests per node.
+    /// Requests per node name (also for nodes not seen yet).
     usage: HashMap<String, Resources>,
     pending: BTreeMap<String, Pending>,
+    /// Pods whose bind is in flight (uid → pod): assumed on their node, not pending.
+    binding: HashMap<String, Pod>,
+    /// Where the next round starts scanning nodes (rotates, as Kubernetes does).
+    next_start: usize,
 }
 
 fn ours(pod: &Pod) -> bool {
@@ -76,12 +87,31 @@ fn finished(pod: &Pod) -> bool {
     )
 }
 
+/// How many feasible nodes a pod's search stops at, out of `all` (Kubernetes' adaptive
+/// percentageOfNodesToScore: every node below 100; else 50% minus 1% per 125 nodes, at least
+/// 5% and at least 100 nodes).
+pub fn nodes_to_find(all: usize) -> usize {
+    if all < 100 {
+        return all;
+    }
+    let percent = 50usize.saturating_sub(all / 125).max(5);
+    (all * percent / 100).max(100)
+}
+
 impl Cache {
+    fn set_usage(&mut self, node: &str) {
+        let used = self.usage.get(node).copied().unwrap_or_default();
+        if let Some(&i) = self.index.get(node) {
+            self.nodes[i].requested = used;
+        }
+    }
+
     fn unplace(&mut self, uid: &str) {
         if let Some((node, r)) = self.placed.remove(uid) {
             if let Some(u) = self.usage.get_mut(&node) {
                 *u -= r;
             }
+            self.set_usage(&node);
         }
     }
 
@@ -89,6 +119,7 @@ impl Cache {
         self.unplace(uid);
         *self.usage.entry(node.to_string()).or_default() += r;
         self.placed.insert(uid.to_string(), (node.to_string(), r));
+        self.set_usage(node);
     }
 
     /// Takes in a pod as the watch shows it.
@@ -104,13 +135,17 @@ impl Cache {
         if finished(&pod) {
             self.unplace(&uid);
             self.pending.remove(&uid);
+            self.binding.remove(&uid);
             return;
         }
         match node {
             Some(node) => {
                 self.pending.remove(&uid);
+                self.binding.remove(&uid);
                 self.place(&uid, &node, requested(&pod));
             }
+            // Assumed and being bound: an older version of the pod changes nothing.
+            None if self.binding.contains_key(&uid) => {}
             None if ours(&pod) && pod.metadata.deletion_timestamp.is_none() => {
                 match self.pending.get_mut(&uid) {
                     Some(p) => p.pod = pod,
@@ -138,6 +173,7 @@ impl Cache {
         if let Some(uid) = pod.metadata.uid.as_deref() {
             self.unplace(uid);
             self.pending.remove(uid);
+            self.binding.remove(uid);
         }
     }
 
@@ -147,9 +183,20 @@ impl Cache {
             return;
         };
         if present {
-            self.nodes.insert(name, node);
-        } else {
-            self.nodes.remove(&name);
+            let mut info = NodeInfo::new(node);
+            info.requested = self.usage.get(&name).copied().unwrap_or_default();
+            match self.index.get(&name) {
+                Some(&i) => self.nodes[i] = info,
+                None => {
+                    self.index.insert(name, self.nodes.len());
+                    self.nodes.push(info);
+                }
+            }
+        } else if let Some(i) = self.index.remove(&name) {
+            self.nodes.swap_remove(i);
+            if let Some(moved) = self.nodes.get(i) {
+                self.index.insert(moved.name().to_string(), i);
+            }
         }
         let now = Instant::now();
         for p in self.pending.values_mut() {
@@ -157,32 +204,51 @@ impl Cache {
         }
     }
 
-    fn infos(&self) -> Vec<NodeInfo> {
-        self.nodes
-            .iter()
-            .map(|(name, n)| NodeInfo {
-                node: n.clone(),
-                requested: self.usage.get(name).copied().unwrap_or_default(),
-            })
-            .collect()
+    /// The bind of `uid` failed: back to the queue (with backoff), unassumed.
+    fn bind_failed(&mut self, uid: &str) {
+        self.unplace(uid);
+        if let Some(pod) = self.binding.remove(uid) {
+            self.pending.insert(
+                uid.to_string(),
+                Pending {
+                    pod,
+                    not_before: Instant::now(),
+                    attempts: 0,
+                    reported: None,
+                },
+            );
+            backoff(self, uid);
+        }
     }
 }
 
-/// Where `pod` should go among `nodes`: the feasible node with the best score, or the
-/// FailedScheduling message (`0/N nodes are available: …`).
+/// Where `pod` should go among `nodes`, scanning from `start` (wrapping) and stopping after
+/// `to_find` feasible nodes: the feasible node with the best score, or the FailedScheduling
+/// message (`0/N nodes are available: …`). Also returns how many nodes were scanned.
 pub fn decide(
     filters: &[Box<dyn Filter>],
     pod: &Pod,
     nodes: &[NodeInfo],
-) -> Result<String, String> {
+    start: usize,
+    to_find: usize,
+) -> (Result<String, String>, usize) {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(u64, u64, &NodeInfo)> = None;
-    for info in nodes {
+    let mut feasible = 0;
+    let mut scanned = 0;
+    let n = nodes.len();
+    for k in 0..n {
+        if feasible >= to_find.max(1) {
+            break;
+        }
+        let info = &nodes[(start + k) % n];
+        scanned += 1;
         let status = run_filters(filters, pod, info);
         if !status.is_success() {
             *reasons.entry(status.reason).or_default() += 1;
             continue;
         }
+        feasible += 1;
         let score = node_resources_fit::score(pod, info);
         // Ties go to the node with fewer pods, spreading pods out.
         let key = (score, u64::MAX - info.requested.pods);
@@ -191,19 +257,26 @@ pub fn decide(
         }
     }
     if let Some((_, _, info)) = best {
-        return Ok(info.node.metadata.name.clone().unwrap_or_default());
+        return (Ok(info.name().to_string()), scanned);
     }
     let detail = reasons
         .iter()
         .map(|(reason, n)| format!("{n} {reason}"))
         .collect::<Vec<_>>()
         .join(", ");
-    Err(if nodes.is_empty() {
+    let message = if nodes.is_empty() {
         "0/0 nodes are available: no nodes registered.".to_string()
     } else {
         format!("0/{} nodes are available: {detail}.", nodes.len())
-    })
+    };
+    (Err(message), scanned)
 }
+
+/// How many binds may be in flight at once.
+const MAX_BINDS_IN_FLIGHT: usize = 256;
+
+/// The outcome of one bind: (pod uid, result).
+type BindResult = (String, Result<(), kube::Error>);
 
 /// Runs the scheduler (the leader's work) until its watches end or a bind is fenced.
 pub async fn run(client: kube::Client) {
@@ -212,10 +285,36 @@ pub async fn run(client: kube::Client) {
         .expect("the default profile names built-in plugins");
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
-    let mut node_events = watcher(nodes, watcher::Config::default()).boxed();
-    let mut pod_events = watcher(pods, watcher::Config::default()).boxed();
+    // One list each (served from the API server's watch cache) rather than pages of 500.
+    let config = watcher::Config::default().page_size(1_000_000);
+    let mut node_events = watcher(nodes, config.clone()).boxed();
+    let mut pod_events = watcher(pods, config).boxed();
     let mut cache = Cache::default();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut binds: tokio::task::JoinSet<BindResult> = tokio::task::JoinSet::new();
+    // Scheduled events are recorded beside the binds, never holding them up (as Kubernetes'
+    // event broadcaster, they are dropped when too many are waiting).
+    let (events, mut scheduled) = tokio::sync::mpsc::channel::<(Pod, String)>(4096);
+    let recorder = {
+        let client = client.clone();
+        async move {
+            while let Some((pod, node)) = scheduled.recv().await {
+                let about = flotilla_controllers::events::reference("v1", "Pod", &pod.metadata);
+                let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+                let name = pod.metadata.name.as_deref().unwrap_or("");
+                flotilla_controllers::events::record(
+                    &client,
+                    SCHEDULER_NAME,
+                    &about,
+                    flotilla_controllers::events::Kind::Normal,
+                    "Scheduled",
+                    &format!("Successfully assigned {ns}/{name} to {node}"),
+                )
+                .await;
+            }
+        }
+    };
+    tokio::pin!(recorder);
     loop {
         tokio::select! {
             e = node_events.next() => match e {
@@ -228,36 +327,58 @@ pub async fn run(client: kube::Client) {
             e = pod_events.next() => match e {
                 Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => cache.observe_pod(p),
                 Some(Ok(watcher::Event::Delete(p))) => cache.forget_pod(&p),
+                Some(Ok(watcher::Event::InitDone)) => tracing::info!(
+                    nodes = cache.nodes.len(),
+                    pending = cache.pending.len(),
+                    "scheduler: pods listed"
+                ),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => tracing::debug!(error = %e, "scheduler: pod watch"),
                 None => return,
             },
-            _ = tick.tick() => {
-                if !schedule_due(&client, &filters, &mut cache).await {
-                    return;
+            Some(done) = binds.join_next(), if !binds.is_empty() => {
+                let Ok((uid, result)) = done else { continue };
+                match result {
+                    Ok(()) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 && s.message.starts_with("fenced") => {
+                        tracing::warn!("scheduler: a bind was fenced; this master no longer leads");
+                        return;
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                        // Gone, or bound by someone else: the watch will say.
+                        cache.binding.remove(&uid);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %uid, error = %e, "scheduler: bind failed; retrying");
+                        cache.bind_failed(&uid);
+                    }
                 }
-            }
+            },
+            _ = &mut recorder => {}
+            _ = tick.tick() => schedule_due(&client, &filters, &mut cache, &mut binds, &events).await,
         }
     }
 }
 
-/// One round over the pods whose backoff has passed; false when this scheduler was fenced.
+/// One round over the pods whose backoff has passed: each is decided in turn (and assumed
+/// on its node at once), and its bind starts in the background.
 async fn schedule_due(
     client: &kube::Client,
     filters: &[Box<dyn Filter>],
     cache: &mut Cache,
-) -> bool {
+    binds: &mut tokio::task::JoinSet<BindResult>,
+    events: &tokio::sync::mpsc::Sender<(Pod, String)>,
+) {
     let now = Instant::now();
+    let room = MAX_BINDS_IN_FLIGHT.saturating_sub(binds.len());
     let due: Vec<String> = cache
         .pending
         .iter()
         .filter(|(_, p)| p.not_before <= now)
         .map(|(uid, _)| uid.clone())
+        .take(room)
         .collect();
-    if due.is_empty() {
-        return true;
-    }
-    let mut infos = cache.infos();
+    let to_find = nodes_to_find(cache.nodes.len());
     for uid in due {
         let Some(pending) = cache.pending.get(&uid) else {
             continue;
@@ -268,33 +389,26 @@ async fn schedule_due(
             cache.pending.remove(&uid);
             continue;
         };
-        match decide(filters, &pod, &infos) {
-            Ok(node) => match bind(client, &ns, &name, &uid, &node).await {
-                Ok(()) => {
-                    let r = requested(&pod);
-                    cache.place(&uid, &node, r);
-                    cache.pending.remove(&uid);
-                    if let Some(info) = infos
-                        .iter_mut()
-                        .find(|i| i.node.metadata.name.as_deref() == Some(&node))
-                    {
-                        info.requested += r;
+        let start = cache.next_start;
+        let (decision, scanned) = decide(filters, &pod, &cache.nodes, start, to_find);
+        if !cache.nodes.is_empty() {
+            cache.next_start = (start + scanned) % cache.nodes.len();
+        }
+        match decision {
+            Ok(node) => {
+                cache.place(&uid, &node, requested(&pod));
+                cache.pending.remove(&uid);
+                cache.binding.insert(uid.clone(), pod.clone());
+                let client = client.clone();
+                let events = events.clone();
+                binds.spawn(async move {
+                    let r = bind(&client, &ns, &name, &uid, &node).await;
+                    if r.is_ok() {
+                        let _ = events.try_send((pod, node));
                     }
-                    tracing::debug!(pod = %name, %node, "scheduler: bound");
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 && s.message.starts_with("fenced") => {
-                    tracing::warn!("scheduler: a bind was fenced; this master no longer leads");
-                    return false;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
-                    // Gone, or bound by someone else: the watch will say.
-                    cache.pending.remove(&uid);
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %name, error = %e, "scheduler: bind failed; retrying");
-                    backoff(cache, &uid);
-                }
-            },
+                    (uid, r)
+                });
+            }
             Err(message) => {
                 let repeat = cache.pending.get(&uid).and_then(|p| p.reported.as_deref())
                     == Some(message.as_str());
@@ -308,7 +422,6 @@ async fn schedule_due(
             }
         }
     }
-    true
 }
 
 fn backoff(cache: &mut Cache, uid: &str) {
@@ -353,23 +466,17 @@ async fn report_unschedulable(
     name: &str,
     message: &str,
 ) {
+    let about = flotilla_controllers::events::reference("v1", "Pod", &pod.metadata);
+    flotilla_controllers::events::record(
+        client,
+        SCHEDULER_NAME,
+        &about,
+        flotilla_controllers::events::Kind::Warning,
+        "FailedScheduling",
+        message,
+    )
+    .await;
     let now = Timestamp::now().to_string();
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name,
-                           "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-        "reason": "FailedScheduling", "message": message, "type": "Warning",
-        "source": {"component": SCHEDULER_NAME},
-        "reportingComponent": SCHEDULER_NAME, "reportingInstance": SCHEDULER_NAME,
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
-    if let Ok(ev) = serde_json::from_value(event) {
-        if let Err(e) = events.create(&PostParams::default(), &ev).await {
-            tracing::debug!(error = %e, "scheduler: recording FailedScheduling");
-        }
-    }
     let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
         "reason": "Unschedulable", "message": message, "lastProbeTime": null,
         "lastTransitionTime": now}]}});
@@ -433,7 +540,7 @@ mod tests {
         for uid in ["a", "b", "c"] {
             let p = pod(uid, "1", None);
             cache.observe_pod(p.clone());
-            match decide(&filters, &p, &cache.infos()) {
+            match decide(&filters, &p, &cache.nodes, 0, usize::MAX).0 {
                 Ok(n) => {
                     cache.place(uid, &n, requested(&p));
                     cache.pending.remove(uid);
@@ -447,12 +554,41 @@ mod tests {
         assert_eq!(placed[2], "big");
         let p = pod("d", "1", None);
         assert_eq!(
-            decide(&filters, &p, &cache.infos()).unwrap_err(),
+            decide(&filters, &p, &cache.nodes, 0, usize::MAX)
+                .0
+                .unwrap_err(),
             "0/2 nodes are available: 2 Insufficient cpu."
         );
         // The pod on small goes away: room again.
         cache.forget_pod(&pod("b", "1", Some("small")));
-        assert_eq!(decide(&filters, &p, &cache.infos()).unwrap(), "small");
+        assert_eq!(
+            decide(&filters, &p, &cache.nodes, 0, usize::MAX).0.unwrap(),
+            "small"
+        );
+    }
+
+    #[test]
+    fn large_clusters_are_sampled_as_kubernetes_does_and_scans_rotate() {
+        assert_eq!(nodes_to_find(50), 50);
+        assert_eq!(nodes_to_find(1000), 420);
+        assert_eq!(nodes_to_find(5000), 500);
+        assert_eq!(nodes_to_find(100_000), 5000);
+        let filters = plugins::registry().filters(DEFAULT_FILTERS).unwrap();
+        let mut cache = Cache::default();
+        for i in 0..10 {
+            cache.observe_node(node(&format!("n{i}"), "4"), true);
+        }
+        let p = pod("x", "1", None);
+        // Stopping after 3 feasible nodes from index 8: n8, n9, n0 scanned.
+        let (chosen, scanned) = decide(&filters, &p, &cache.nodes, 8, 3);
+        assert_eq!(scanned, 3);
+        assert!(["n8", "n9", "n0"].contains(&chosen.unwrap().as_str()));
+        // A node that goes keeps the index consistent.
+        cache.observe_node(node("n0", "4"), false);
+        assert_eq!(cache.nodes.len(), 9);
+        for (name, &i) in &cache.index {
+            assert_eq!(cache.nodes[i].name(), name);
+        }
     }
 
     #[test]

@@ -36,6 +36,20 @@ pub use keys::KeyRange;
 pub use mvcc::{MetaOp, Mvcc, MvccOptions};
 pub use revision::Revision;
 
+/// The first storage write failure in this process (a full disk, say): when Raft stops on it,
+/// later errors only say that a channel closed, so requests are told this root cause.
+static FIRST_STORAGE_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records a storage write failure (only the first is kept).
+pub(crate) fn storage_failed(e: &StoreError) {
+    let _ = FIRST_STORAGE_FAILURE.set(e.to_string());
+}
+
+/// The first storage write failure in this process, if any.
+pub fn first_storage_failure() -> Option<&'static str> {
+    FIRST_STORAGE_FAILURE.get().map(String::as_str)
+}
+
 /// What can go wrong in the store. Each message says what failed; the gRPC edge maps these to
 /// the status codes etcd uses.
 #[derive(Debug, thiserror::Error)]

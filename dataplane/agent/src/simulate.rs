@@ -2,7 +2,9 @@
 //! containers. `flotilla agent --simulate N` registers N Nodes with capacity, renews their
 //! Leases in `kube-node-lease`, marks pods bound to them Running with a pod IP, and finishes
 //! the deletion of their pods. A node whose annotation `flotilla.dev/heartbeat` is `stopped`
-//! gets no more Lease renewals (to exercise node failure); removing the annotation resumes.
+//! behaves as if its kubelet died (to exercise node failure): no more Lease renewals, and its
+//! pods get no status updates and no finished deletions. Removing the annotation resumes it:
+//! it reports Ready again and catches up with its pods.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +16,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
@@ -183,8 +185,16 @@ pub async fn run(
             })
             .collect(),
     );
-    let heartbeats = heartbeat_loop(client.clone(), cfg.clone(), names.clone());
-    let pods = pod_loop(client, host_ips);
+    let silent: Silent = Arc::default();
+    let (resumed_tx, resumed) = tokio::sync::mpsc::unbounded_channel();
+    let heartbeats = heartbeat_loop(
+        client.clone(),
+        cfg.clone(),
+        names.clone(),
+        silent.clone(),
+        resumed_tx,
+    );
+    let pods = pod_loop(client, host_ips, silent, resumed);
     tokio::select! {
         _ = shutdown => {}
         _ = heartbeats => {}
@@ -214,23 +224,59 @@ async fn register(
     Ok(())
 }
 
-async fn heartbeat_loop(client: kube::Client, cfg: SimConfig, names: Vec<String>) {
+async fn heartbeat_loop(
+    client: kube::Client,
+    cfg: SimConfig,
+    names: Vec<String>,
+    silent: Silent,
+    resumed: tokio::sync::mpsc::UnboundedSender<String>,
+) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     loop {
-        for name in &names {
-            let stopped = match nodes.get_opt(name).await {
-                Ok(Some(n)) => n
-                    .metadata
+        for (i, name) in names.iter().enumerate() {
+            let node = nodes.get_opt(name).await.ok().flatten();
+            let stopped = node.as_ref().is_some_and(|n| {
+                n.metadata
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(HEARTBEAT_ANNOTATION))
-                    .is_some_and(|v| v == "stopped"),
-                _ => false,
-            };
-            if !stopped {
-                if let Err(e) = renew(&leases, name).await {
-                    tracing::warn!(node = %name, error = %e, "simulated node: lease renewal failed");
+                    .is_some_and(|v| v == "stopped")
+            });
+            {
+                let mut silent = silent.lock().unwrap_or_else(|e| e.into_inner());
+                let was = silent.contains(name);
+                if stopped && !was {
+                    silent.insert(name.clone());
+                    tracing::info!(node = %name, "simulated node: heartbeats stopped");
+                } else if !stopped && was {
+                    silent.remove(name);
+                    let _ = resumed.send(name.clone());
+                    tracing::info!(node = %name, "simulated node: heartbeats resumed");
+                }
+            }
+            if stopped {
+                continue;
+            }
+            if let Err(e) = renew(&leases, name).await {
+                tracing::warn!(node = %name, error = %e, "simulated node: lease renewal failed");
+            }
+            // Marked NotReady/Unknown by the node controller while silent: report ready again,
+            // as a kubelet does when it comes back.
+            let ready = node
+                .as_ref()
+                .and_then(|n| n.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if node.is_some() && !ready {
+                let fresh = node_object(&cfg, name, i + 1);
+                let conditions = fresh.status.and_then(|s| s.conditions);
+                let patch = json!({"status": {"conditions": conditions}});
+                if let Err(e) = nodes
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::warn!(node = %name, error = %e, "simulated node: reporting ready");
                 }
             }
         }
@@ -262,66 +308,110 @@ async fn renew(leases: &Api<Lease>, node: &str) -> Result<(), kube::Error> {
     Ok(())
 }
 
-async fn pod_loop(client: kube::Client, host_ips: Arc<HashMap<String, String>>) {
+/// Nodes whose heartbeats are stopped: their "kubelet" is down, so their pods get no
+/// status and no finished deletions either.
+type Silent = Arc<Mutex<std::collections::HashSet<String>>>;
+
+async fn pod_loop(
+    client: kube::Client,
+    host_ips: Arc<HashMap<String, String>>,
+    silent: Silent,
+    mut resumed: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let all: Api<Pod> = Api::all(client.clone());
     let ips = Arc::new(Mutex::new(Ips::default()));
-    let mut events = watcher(all, watcher::Config::default()).boxed();
-    while let Some(event) = events.next().await {
-        let pod = match event {
-            Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => p,
-            Ok(watcher::Event::Delete(p)) => {
-                if let Some(uid) = p.metadata.uid.as_deref() {
-                    ips.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .by_pod
-                        .remove(uid);
+    let mut events = watcher(all.clone(), watcher::Config::default()).boxed();
+    loop {
+        let pods = tokio::select! {
+            e = events.next() => match e {
+                Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => vec![p],
+                Some(Ok(watcher::Event::Delete(p))) => {
+                    if let Some(uid) = p.metadata.uid.as_deref() {
+                        ips.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .by_pod
+                            .remove(uid);
+                    }
+                    continue;
                 }
-                continue;
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "simulated nodes: pod watch error");
+                    continue;
+                }
+                None => return,
+            },
+            // A node came back: catch up with what happened to its pods meanwhile.
+            Some(node) = resumed.recv() => {
+                let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+                match all.list(&lp).await {
+                    Ok(l) => l.items,
+                    Err(e) => {
+                        tracing::warn!(node = %node, error = %e, "simulated nodes: listing a resumed node's pods");
+                        continue;
+                    }
+                }
             }
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "simulated nodes: pod watch error");
-                continue;
-            }
         };
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-            continue;
-        };
-        let Some(host_ip) = host_ips.get(&node) else {
-            continue;
-        };
-        let (Some(ns), Some(name), Some(uid)) = (
-            pod.metadata.namespace.clone(),
-            pod.metadata.name.clone(),
-            pod.metadata.uid.clone(),
-        ) else {
-            continue;
-        };
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        if pod.metadata.deletion_timestamp.is_some() {
-            // The containers "stopped": finish the deletion, as a kubelet does.
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            };
-            if let Err(e) = pods.delete(&name, &dp).await {
-                tracing::debug!(pod = %name, error = %e, "simulated nodes: finishing a deletion");
-            }
-            continue;
+        for pod in pods {
+            act(&client, &pod, &host_ips, &ips, &silent).await;
         }
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if phase == Some("Running") {
-            continue;
+    }
+}
+
+/// What a kubelet does for `pod` if it is on one of our nodes: run it (status Running with an
+/// IP), or finish its deletion.
+async fn act(
+    client: &kube::Client,
+    pod: &Pod,
+    host_ips: &HashMap<String, String>,
+    ips: &Mutex<Ips>,
+    silent: &Silent,
+) {
+    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+        return;
+    };
+    let Some(host_ip) = host_ips.get(&node) else {
+        return;
+    };
+    if silent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&node)
+    {
+        return;
+    }
+    let (Some(ns), Some(name), Some(uid)) = (
+        pod.metadata.namespace.clone(),
+        pod.metadata.name.clone(),
+        pod.metadata.uid.clone(),
+    ) else {
+        return;
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    if pod.metadata.deletion_timestamp.is_some() {
+        // The containers "stopped": finish the deletion, as a kubelet does.
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        if let Err(e) = pods.delete(&name, &dp).await {
+            tracing::debug!(pod = %name, error = %e, "simulated nodes: finishing a deletion");
         }
-        let ip = ips.lock().unwrap_or_else(|e| e.into_inner()).for_pod(&uid);
-        let mut updated = pod.clone();
-        updated.status = serde_json::from_value(running_status(&pod, &ip, host_ip)).ok();
-        if let Err(e) = pods
-            .replace_status(&name, &PostParams::default(), &updated)
-            .await
-        {
-            tracing::debug!(pod = %name, error = %e, "simulated nodes: status update (will retry on the next event)");
-        }
+        return;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase == Some("Running") {
+        return;
+    }
+    let ip = ips.lock().unwrap_or_else(|e| e.into_inner()).for_pod(&uid);
+    let mut updated = pod.clone();
+    updated.status = serde_json::from_value(running_status(pod, &ip, host_ip)).ok();
+    if let Err(e) = pods
+        .replace_status(&name, &PostParams::default(), &updated)
+        .await
+    {
+        tracing::debug!(pod = %name, error = %e, "simulated nodes: status update (will retry on the next event)");
     }
 }
 

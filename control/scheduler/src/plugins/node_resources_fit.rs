@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
-use crate::resources::{allocatable, requested};
+use crate::resources::requested;
 
 /// The plugin's registered name.
 pub const NAME: &str = "NodeResourcesFit";
@@ -21,7 +21,7 @@ pub fn new() -> Box<dyn Filter> {
 /// Why `pod` does not fit on `node`, with Kubernetes' wording; `None` if it fits.
 pub fn misfit(pod: &Pod, node: &NodeInfo) -> Option<&'static str> {
     let want = requested(pod);
-    let have = allocatable(&node.node);
+    let have = node.allocatable;
     let used = node.requested;
     if used.pods + want.pods > have.pods {
         return Some("Too many pods");
@@ -38,7 +38,7 @@ pub fn misfit(pod: &Pod, node: &NodeInfo) -> Option<&'static str> {
 /// LeastAllocated: 0–100, higher for a node with more CPU and memory left after the pod.
 pub fn score(pod: &Pod, node: &NodeInfo) -> u64 {
     let want = requested(pod);
-    let have = allocatable(&node.node);
+    let have = node.allocatable;
     let free = |cap: u64, used: u64| {
         if cap == 0 {
             return 0;

@@ -1,7 +1,7 @@
 //! TaintToleration: a node's NoSchedule and NoExecute taints keep off pods that do not
 //! tolerate them.
 
-use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Pod, Taint};
 
 use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
 
@@ -20,22 +20,7 @@ pub fn new() -> Box<dyn Filter> {
     Box::new(TaintToleration)
 }
 
-/// Whether toleration `t` tolerates taint `taint` (Kubernetes' rules: an empty key with
-/// Exists tolerates everything; an empty effect matches every effect; Equal compares values).
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != taint.effect {
-            return false;
-        }
-    }
-    let exists = t.operator.as_deref() == Some("Exists");
-    match t.key.as_deref().filter(|k| !k.is_empty()) {
-        None => exists,
-        Some(k) if k != taint.key => false,
-        Some(_) if exists => true,
-        Some(_) => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-    }
-}
+pub use flotilla_controllers::nodelifecycle::tolerates;
 
 /// The first taint of the node that `pod` does not tolerate and that keeps pods off.
 pub fn untolerated<'a>(pod: &Pod, taints: &'a [Taint]) -> Option<&'a Taint> {
@@ -75,6 +60,7 @@ impl Filter for TaintToleration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Toleration;
 
     fn taint(key: &str, value: &str, effect: &str) -> Taint {
         Taint {

@@ -63,6 +63,11 @@ fn spawn_syncer(db: std::sync::Weak<DB>) -> std::sync::mpsc::Sender<LogFlushed<T
                     Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
                     None => Err("the Raft log is closed".to_string()),
                 };
+                if let Err(e) = &synced {
+                    crate::storage_failed(&StoreError::Corrupt(format!(
+                        "syncing the Raft log: {e}"
+                    )));
+                }
                 for callback in batch {
                     let result = match &synced {
                         Ok(()) => Ok(()),
@@ -231,6 +236,7 @@ fn read_err(e: StoreError) -> StorageError<u64> {
 }
 
 fn write_err(e: StoreError) -> StorageError<u64> {
+    crate::storage_failed(&e);
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 

@@ -168,7 +168,16 @@ async fn answer(
         .read_to_end(MAX_FRAME_BYTES)
         .await
         .map_err(|e| e.to_string())?;
-    let resp = match decode::<PeerRequest>(&frame, "peer request").map_err(|e| e.to_string())? {
+    let request = match decode::<PeerRequest>(&frame, "peer request") {
+        Ok(r) => r,
+        Err(e) => {
+            // Reset rather than let the drop finish the stream: the sender must see a
+            // failure, never an empty answer.
+            let _ = send.reset(1u32.into());
+            return Err(e.to_string());
+        }
+    };
+    let resp = match request {
         PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
         PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
         PeerRequest::InstallSnapshot(r) => {

@@ -224,25 +224,45 @@ impl StoreNode {
         Fut: std::future::Future<Output = Result<T, String>>,
     {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let tried = self.leadership();
-            // An attempt may wait for a commit that never comes (a leader that lost its
-            // followers does not know it yet): it is bounded by the request's deadline.
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let why = match tokio::time::timeout(left, attempt()).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(why)) => why,
-                Err(_) => format!("no commit within {REQUEST_TIMEOUT:?}"),
-            };
-            if let Err(fatal) = &self.raft.metrics().borrow().running_state {
-                // A storage failure (disk full) stopped Raft here: say so at once.
-                return Err(StoreError::Stopped(fatal.to_string()));
+        // However long the attempts wait, a Raft core that stops on a fatal error (disk full)
+        // ends them at once with that reason: the member exits soon after, and its clients
+        // must hear why rather than see the connection drop.
+        let attempts = async {
+            loop {
+                let tried = self.leadership();
+                // An attempt may wait for a commit that never comes (a leader that lost its
+                // followers does not know it yet): it is bounded by the request's deadline.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let why = match tokio::time::timeout(left, attempt()).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(why)) => why,
+                    Err(_) => format!("no commit within {REQUEST_TIMEOUT:?}"),
+                };
+                if let Err(fatal) = &self.raft.metrics().borrow().running_state {
+                    // A storage failure (disk full) stopped Raft here: say so at once.
+                    let why = crate::first_storage_failure()
+                        .map_or_else(|| fatal.to_string(), String::from);
+                    return Err(StoreError::Stopped(why));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(StoreError::Unavailable(why));
+                }
+                tracing::debug!(reason = %why, "a store request attempt failed; retrying once a leader is known");
+                self.wait_for_leader_change(tried).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Unavailable(why));
+        };
+        tokio::pin!(attempts);
+        tokio::select! {
+            r = &mut attempts => r,
+            why = self.failed() => {
+                // The attempt usually fails too, naming the storage error itself (the core's
+                // own report may only say that it stopped): prefer its answer if it comes.
+                match tokio::time::timeout(Duration::from_millis(200), attempts).await {
+                    Ok(Err(e @ StoreError::Stopped(_))) => Err(e),
+                    _ => Err(StoreError::Stopped(why)),
+                }
             }
-            self.wait_for_leader_change(tried).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -327,14 +347,27 @@ impl StoreNode {
     }
 
     /// Resolves with the reason once this member's Raft core has stopped on a fatal error (a
-    /// storage failure, say); the member cannot serve any more and should be restarted.
+    /// storage failure, say — then that failure is the reason); the member cannot serve any
+    /// more and should be restarted.
     pub async fn failed(&self) -> String {
+        let why = self.core_stopped().await;
+        match crate::first_storage_failure() {
+            Some(root) => root.to_string(),
+            None => why,
+        }
+    }
+
+    async fn core_stopped(&self) -> String {
         let mut rx = self.raft.metrics();
         loop {
             if let Err(e) = &rx.borrow().running_state {
                 return e.to_string();
             }
             if rx.changed().await.is_err() {
+                // The last report may still name the error.
+                if let Err(e) = &rx.borrow().running_state {
+                    return e.to_string();
+                }
                 return "the Raft core stopped".into();
             }
         }

@@ -39,6 +39,7 @@ const LEASE_PREFIX: &[u8] = b"lease/";
 type Membership = StoredMembership<u64, Member>;
 
 fn sm_err(e: StoreError) -> StorageError<u64> {
+    crate::storage_failed(&e);
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
