@@ -342,7 +342,11 @@ async fn foreground(
 /// Owners being deleted with a propagation finalizer, found by listing (for the sweep).
 async fn finalizing(client: &kube::Client) -> Vec<Seen> {
     let mut out = Vec::new();
-    for (api_version, kind) in [("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet")] {
+    for (api_version, kind) in [
+        ("apps/v1", "Deployment"),
+        ("apps/v1", "ReplicaSet"),
+        ("apps/v1", "DaemonSet"),
+    ] {
         let Some(api) = api_for(client, api_version, kind, None) else {
             continue;
         };
@@ -381,7 +385,11 @@ pub async fn run(client: kube::Client) {
         Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()),
         "v1",
     );
-    let mut seen = futures::stream::select_all([rs, deploys, services]);
+    let daemonsets = owner_events(
+        Api::<k8s_openapi::api::apps::v1::DaemonSet>::all(client.clone()),
+        "apps/v1",
+    );
+    let mut seen = futures::stream::select_all([rs, deploys, services, daemonsets]);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     // Owners whose foreground deletion is being carried out (by uid); the tasks end with the
     // collector (a term that ends must not leave writers behind).

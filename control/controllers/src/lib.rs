@@ -4,15 +4,17 @@
 //! Lease ([`leader`], around the pure decision in [`election`]) and, while it holds it, runs
 //! every controller with a client whose writes carry the Lease's fencing token, so a deposed
 //! leader cannot write. Controllers today: [`serviceaccounts`], [`replicaset`],
-//! [`deployment`], [`endpoints`] (Endpoints and EndpointSlices), [`nodelifecycle`] (taints
-//! nodes that stop heartbeating, evicts their pods) and the garbage collector ([`gc`]). The
-//! other workload controllers (Job, CronJob, DaemonSet, StatefulSet) and the autoscaler are
-//! still to come. [`events`] records what the controllers do.
+//! [`deployment`], [`daemonset`], [`endpoints`] (Endpoints and EndpointSlices),
+//! [`nodelifecycle`] (taints nodes that stop heartbeating, evicts their pods) and the garbage
+//! collector ([`gc`]). The other workload controllers (Job, CronJob, StatefulSet) and the
+//! autoscaler are still to come. [`nodematch`] (node selectors and affinity) is shared with
+//! the scheduler. [`events`] records what the controllers do.
 
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 
+pub mod daemonset;
 pub mod deployment;
 pub mod election;
 pub mod endpoints;
@@ -20,6 +22,7 @@ pub mod events;
 pub mod gc;
 pub mod leader;
 pub mod nodelifecycle;
+pub mod nodematch;
 pub mod replicaset;
 pub mod serviceaccounts;
 
@@ -52,6 +55,7 @@ pub async fn run(
                 _ = serviceaccounts::run(lead.client.clone()) => {}
                 _ = replicaset::run(lead.client.clone()) => {}
                 _ = deployment::run(lead.client.clone()) => {}
+                _ = daemonset::run(lead.client.clone()) => {}
                 _ = endpoints::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}

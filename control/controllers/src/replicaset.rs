@@ -204,15 +204,24 @@ pub fn new_pod(rs: &ReplicaSet) -> Pod {
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
+    pod_from_template(template, &name, owner_ref(rs))
+}
+
+/// A pod from a workload's `template`, named `<owner>-<random>`, controlled by `owner`.
+pub(crate) fn pod_from_template(
+    template: k8s_openapi::api::core::v1::PodTemplateSpec,
+    owner_name: &str,
+    owner: OwnerReference,
+) -> Pod {
     let mut pod = Pod {
         spec: template.spec,
         ..Default::default()
     };
     let meta = template.metadata.unwrap_or_default();
-    pod.metadata.generate_name = Some(format!("{name}-"));
+    pod.metadata.generate_name = Some(format!("{owner_name}-"));
     pod.metadata.labels = meta.labels;
     pod.metadata.annotations = meta.annotations;
-    pod.metadata.owner_references = Some(vec![owner_ref(rs)]);
+    pod.metadata.owner_references = Some(vec![owner]);
     pod
 }
 

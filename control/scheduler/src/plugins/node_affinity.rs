@@ -1,9 +1,7 @@
 //! NodeAffinity: the pod's `nodeSelector` and its required node affinity
 //! (`requiredDuringSchedulingIgnoredDuringExecution`) must match the node's labels.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
 
@@ -22,73 +20,7 @@ pub fn new() -> Box<dyn Filter> {
     Box::new(NodeAffinity)
 }
 
-fn requirement(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |v: &str| v.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(bound)) = (
-                value.and_then(|v| number(v)),
-                values.first().and_then(|v| number(v)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                have > bound
-            } else {
-                have < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        // An empty term matches nothing.
-        return false;
-    }
-    let name = name.to_string();
-    exprs.iter().all(|r| requirement(r, labels.get(&r.key)))
-        && fields.iter().all(|r| {
-            let v = (r.key == "metadata.name").then_some(&name);
-            requirement(r, v)
-        })
-}
-
-/// Whether `pod` may go to `node` by selector and required affinity.
-pub fn fits(pod: &Pod, node: &Node) -> bool {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let name = node.metadata.name.as_deref().unwrap_or("");
-    let Some(spec) = pod.spec.as_ref() else {
-        return true;
-    };
-    let selector_ok = spec
-        .node_selector
-        .as_ref()
-        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    let affinity_ok = required.is_none_or(|sel| {
-        sel.node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, labels, name))
-    });
-    selector_ok && affinity_ok
-}
+pub use flotilla_controllers::nodematch::fits;
 
 impl Plugin for NodeAffinity {
     fn name(&self) -> &'static str {
@@ -109,6 +41,7 @@ impl Filter for NodeAffinity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Node;
     use serde_json::json;
 
     fn node(labels: serde_json::Value) -> Node {
