@@ -90,6 +90,23 @@ fn columns(kind: &str) -> Vec<Column> {
     }
 }
 
+/// A Job's STATUS column, from its conditions as kubectl shows it.
+fn job_status(o: &Value) -> &'static str {
+    let conditions = o.pointer("/status/conditions").and_then(Value::as_array);
+    let has = |t: &str| {
+        conditions.is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if o.pointer("/spec/suspend") == Some(&json!(true)) {
+        "Suspended"
+    } else {
+        "Running"
+    }
+}
+
 fn s(v: &Value, p: &str) -> String {
     match v.pointer(p) {
         Some(Value::String(x)) => x.clone(),
@@ -320,11 +337,7 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         "Lease" => vec![name, json!(or_none(s(o, "/spec/holderIdentity"))), age],
         "Job" => vec![
             name,
-            json!(if n(o, "/status/succeeded") > 0 {
-                "Complete"
-            } else {
-                "Running"
-            }),
+            json!(job_status(o)),
             json!(format!(
                 "{}/{}",
                 n(o, "/status/succeeded"),

@@ -26,15 +26,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
 use crate::events;
@@ -713,11 +711,10 @@ pub fn plan(d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], now: Timestamp) -
     out
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Error(#[from] kube::Error);
-
-async fn reconcile(d: Arc<Deployment>, client: Arc<kube::Client>) -> Result<Action, Error> {
+async fn reconcile(
+    d: Arc<Deployment>,
+    client: Arc<kube::Client>,
+) -> Result<Action, crate::runner::Error> {
     let (Some(ns), Some(name)) = (d.metadata.namespace.as_deref(), d.metadata.name.as_deref())
     else {
         return Ok(Action::await_change());
@@ -832,19 +829,9 @@ async fn reconcile(d: Arc<Deployment>, client: Arc<kube::Client>) -> Result<Acti
     })
 }
 
-fn retry(_: Arc<Deployment>, e: &Error, _: Arc<kube::Client>) -> Action {
-    tracing::warn!(error = %e, "deployment controller: retrying");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Runs the controller until its streams end.
 pub async fn run(client: kube::Client) {
-    let deploys: Api<Deployment> = Api::all(client.clone());
-    let sets: Api<ReplicaSet> = Api::all(client.clone());
-    Controller::new(deploys, watcher::Config::default())
-        .owns(sets, watcher::Config::default())
-        .run(reconcile, retry, Arc::new(client))
-        .for_each(|_| async {})
+    crate::runner::run_owning::<Deployment, ReplicaSet, _, _>(client, "deployment", reconcile)
         .await;
 }
 

@@ -346,6 +346,7 @@ async fn finalizing(client: &kube::Client) -> Vec<Seen> {
         ("apps/v1", "Deployment"),
         ("apps/v1", "ReplicaSet"),
         ("apps/v1", "DaemonSet"),
+        ("batch/v1", "Job"),
     ] {
         let Some(api) = api_for(client, api_version, kind, None) else {
             continue;
@@ -389,7 +390,11 @@ pub async fn run(client: kube::Client) {
         Api::<k8s_openapi::api::apps::v1::DaemonSet>::all(client.clone()),
         "apps/v1",
     );
-    let mut seen = futures::stream::select_all([rs, deploys, services, daemonsets]);
+    let jobs = owner_events(
+        Api::<k8s_openapi::api::batch::v1::Job>::all(client.clone()),
+        "batch/v1",
+    );
+    let mut seen = futures::stream::select_all([rs, deploys, services, daemonsets, jobs]);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     // Owners whose foreground deletion is being carried out (by uid); the tasks end with the
     // collector (a term that ends must not leave writers behind).

@@ -4,9 +4,9 @@
 //! Lease ([`leader`], around the pure decision in [`election`]) and, while it holds it, runs
 //! every controller with a client whose writes carry the Lease's fencing token, so a deposed
 //! leader cannot write. Controllers today: [`serviceaccounts`], [`replicaset`],
-//! [`deployment`], [`daemonset`], [`endpoints`] (Endpoints and EndpointSlices),
+//! [`deployment`], [`daemonset`], [`job`], [`endpoints`] (Endpoints and EndpointSlices),
 //! [`nodelifecycle`] (taints nodes that stop heartbeating, evicts their pods) and the garbage
-//! collector ([`gc`]). The other workload controllers (Job, CronJob, StatefulSet) and the
+//! collector ([`gc`]). The other workload controllers (CronJob, StatefulSet) and the
 //! autoscaler are still to come. [`nodematch`] (node selectors and affinity) is shared with
 //! the scheduler. [`events`] records what the controllers do.
 
@@ -20,10 +20,12 @@ pub mod election;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod nodelifecycle;
 pub mod nodematch;
 pub mod replicaset;
+pub mod runner;
 pub mod serviceaccounts;
 
 /// Settings of the controllers.
@@ -56,6 +58,7 @@ pub async fn run(
                 _ = replicaset::run(lead.client.clone()) => {}
                 _ = deployment::run(lead.client.clone()) => {}
                 _ = daemonset::run(lead.client.clone()) => {}
+                _ = job::run(lead.client.clone()) => {}
                 _ = endpoints::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}

@@ -11,13 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use serde_json::json;
 
 /// What to do for one ReplicaSet.
@@ -225,11 +223,10 @@ pub(crate) fn pod_from_template(
     pod
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Error(#[from] kube::Error);
-
-async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Action, Error> {
+async fn reconcile(
+    rs: Arc<ReplicaSet>,
+    client: Arc<kube::Client>,
+) -> Result<Action, crate::runner::Error> {
     let (Some(ns), Some(name)) = (
         rs.metadata.namespace.as_deref(),
         rs.metadata.name.as_deref(),
@@ -278,20 +275,9 @@ pub(crate) fn ignore_gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Erro
     }
 }
 
-fn retry(_: Arc<ReplicaSet>, e: &Error, _: Arc<kube::Client>) -> Action {
-    tracing::warn!(error = %e, "replicaset controller: retrying");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Runs the controller until its streams end.
 pub async fn run(client: kube::Client) {
-    let sets: Api<ReplicaSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
-    Controller::new(sets, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
-        .run(reconcile, retry, Arc::new(client))
-        .for_each(|_| async {})
-        .await;
+    crate::runner::run_owning::<ReplicaSet, Pod, _, _>(client, "replicaset", reconcile).await;
 }
 
 #[cfg(test)]

@@ -401,7 +401,7 @@ async fn act(
         return;
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if phase == Some("Running") {
+    if matches!(phase, Some("Running" | "Succeeded" | "Failed")) {
         return;
     }
     let ip = ips.lock().unwrap_or_else(|e| e.into_inner()).for_pod(&uid);
@@ -412,7 +412,74 @@ async fn act(
         .await
     {
         tracing::debug!(pod = %name, error = %e, "simulated nodes: status update (will retry on the next event)");
+        return;
     }
+    // A pod that asks to exit (to exercise Jobs) does so after its run time.
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    if let Some(code) = annotations
+        .get(EXIT_CODE_ANNOTATION)
+        .and_then(|c| c.parse::<i32>().ok())
+    {
+        let run_for = annotations
+            .get(RUN_SECONDS_ANNOTATION)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(1.0)
+            .max(0.0);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(run_for)).await;
+            let Ok(Some(mut current)) = pods.get_opt(&name).await else {
+                return;
+            };
+            if current.metadata.uid.as_deref() != Some(uid.as_str()) {
+                return;
+            }
+            current.status = serde_json::from_value(exited_status(&current, code)).ok();
+            if let Err(e) = pods
+                .replace_status(&name, &PostParams::default(), &current)
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "simulated nodes: reporting an exit");
+            }
+        });
+    }
+}
+
+/// The pod annotation that makes a simulated pod's containers exit with this code.
+pub const EXIT_CODE_ANNOTATION: &str = "flotilla.dev/simulate-exit-code";
+/// The pod annotation with the seconds a simulated pod runs before it exits (default 1).
+pub const RUN_SECONDS_ANNOTATION: &str = "flotilla.dev/simulate-run-seconds";
+
+/// The status of a pod whose containers exited with `code`: Succeeded for 0, else Failed.
+pub fn exited_status(pod: &Pod, code: i32) -> serde_json::Value {
+    let now = Timestamp::now().to_string();
+    let mut status =
+        serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or_else(|_| json!({}));
+    status["phase"] = json!(if code == 0 { "Succeeded" } else { "Failed" });
+    let reason = if code == 0 { "Completed" } else { "Error" };
+    if let Some(cs) = status
+        .get_mut("containerStatuses")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for c in cs {
+            c["ready"] = json!(false);
+            c["started"] = json!(false);
+            c["state"] = json!({"terminated": {"exitCode": code, "reason": reason,
+                                               "finishedAt": now}});
+        }
+    }
+    if let Some(conds) = status
+        .get_mut("conditions")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for c in conds {
+            if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                c["status"] = json!("False");
+                c["reason"] = json!("PodCompleted");
+                c["lastTransitionTime"] = json!(now);
+            }
+        }
+    }
+    status
 }
 
 #[cfg(test)]

@@ -99,15 +99,27 @@ impl pb::cluster_server::Cluster for ClusterService {
             peer_addr: addr.clone(),
             client_addr: String::new(),
         };
-        let (header, members) = self
+        let (mut header, mut members) = self
             .change(MemberChange::Add {
                 member,
                 learner: req.is_learner,
             })
             .await?;
+        // The change committed through the leader; this member may apply it a moment later,
+        // and etcdctl needs the new member in the answer.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !members.iter().any(|m| m.id == id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            (header, members) = (self.header(), self.members());
+        }
+        let Some(added) = members.iter().find(|m| m.id == id).cloned() else {
+            return Err(Status::unavailable(
+                "etcdserver: the member was added but this member has not seen it yet; run                  `etcdctl member list` to check",
+            ));
+        };
         Ok(Response::new(pb::MemberAddResponse {
             header,
-            member: members.iter().find(|m| m.id == id).cloned(),
+            member: Some(added),
             members,
         }))
     }
