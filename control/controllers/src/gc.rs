@@ -176,12 +176,7 @@ fn owner_events<K>(
     api_version: &'static str,
 ) -> futures::stream::BoxStream<'static, Seen>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
+    K: crate::runner::Watched,
 {
     watcher(api, watcher::Config::default())
         .filter_map(move |e| async move {

@@ -290,16 +290,9 @@ async fn evict(client: &kube::Client, pod: &Pod) {
     }
 }
 
-fn store<K>(api: Api<K>) -> (Store<K>, futures::stream::BoxStream<'static, ()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+fn store<K: crate::runner::Watched>(
+    api: Api<K>,
+) -> (Store<K>, futures::stream::BoxStream<'static, ()>) {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .applied_objects()

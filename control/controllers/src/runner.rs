@@ -10,6 +10,29 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 
+/// A built-in kind the controllers watch (what kube-runtime's watchers and reflectors need).
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A reconcile that failed (it is retried after a second).
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -19,20 +42,8 @@ pub struct Error(#[from] pub kube::Error);
 /// until the watches end. `what` names the controller in logs.
 pub async fn run_owning<K, O, F, Fut>(client: kube::Client, what: &'static str, reconcile: F)
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    O: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
+    O: Watched,
     F: FnMut(Arc<K>, Arc<kube::Client>) -> Fut,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
