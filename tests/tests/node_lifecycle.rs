@@ -11,8 +11,8 @@ fn kubectl(cluster: &LocalCluster, args: &[&str]) -> String {
     kubectl_ok(cluster, "1.33", args)
 }
 
-/// (name, node, terminating) of the pods labelled app=web.
-fn pods(cluster: &LocalCluster) -> Vec<(String, String, bool)> {
+/// (name, node, terminating, running) of the pods labelled app=web.
+fn pods_with_phase(cluster: &LocalCluster) -> Vec<(String, String, bool, bool)> {
     let out = kubectl(cluster, &["get", "pods", "-l", "app=web", "-o", "json"]);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     list["items"]
@@ -24,31 +24,26 @@ fn pods(cluster: &LocalCluster) -> Vec<(String, String, bool)> {
                 p["metadata"]["name"].as_str().unwrap_or("").to_string(),
                 p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
                 p["metadata"].get("deletionTimestamp").is_some(),
+                p["status"]["phase"] == "Running",
             )
         })
         .collect()
 }
 
-fn running_on_nodes(cluster: &LocalCluster) -> Vec<(String, String, bool)> {
-    let out = kubectl(
-        cluster,
-        &[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "--field-selector=status.phase=Running",
-            "-o",
-            "name",
-        ],
-    );
-    let running: Vec<String> = out
-        .lines()
-        .map(|l| l.trim_start_matches("pod/").to_string())
-        .collect();
-    pods(cluster)
+/// (name, node, terminating) of the pods labelled app=web.
+fn pods(cluster: &LocalCluster) -> Vec<(String, String, bool)> {
+    pods_with_phase(cluster)
         .into_iter()
-        .filter(|(n, _, _)| running.contains(n))
+        .map(|(n, node, t, _)| (n, node, t))
+        .collect()
+}
+
+/// Like [`pods`], only the Running ones.
+fn running_on_nodes(cluster: &LocalCluster) -> Vec<(String, String, bool)> {
+    pods_with_phase(cluster)
+        .into_iter()
+        .filter(|(_, _, _, running)| *running)
+        .map(|(n, node, t, _)| (n, node, t))
         .collect()
 }
 

@@ -293,11 +293,10 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod]) -> Plan {
     out
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Error(#[from] kube::Error);
-
-async fn reconcile(ds: Arc<DaemonSet>, client: Arc<kube::Client>) -> Result<Action, Error> {
+async fn reconcile(
+    ds: Arc<DaemonSet>,
+    client: Arc<kube::Client>,
+) -> Result<Action, crate::runner::Error> {
     let (Some(ns), Some(name)) = (
         ds.metadata.namespace.as_deref(),
         ds.metadata.name.as_deref(),
@@ -353,11 +352,6 @@ async fn reconcile(ds: Arc<DaemonSet>, client: Arc<kube::Client>) -> Result<Acti
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-fn retry(_: Arc<DaemonSet>, e: &Error, _: Arc<kube::Client>) -> Action {
-    tracing::warn!(error = %e, "daemonset controller: retrying");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Runs the controller until its streams end.
 pub async fn run(client: kube::Client) {
     let sets: Api<DaemonSet> = Api::all(client.clone());
@@ -375,7 +369,11 @@ pub async fn run(client: kube::Client) {
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .run(reconcile, retry, Arc::new(client))
+        .run(
+            reconcile,
+            crate::runner::retry("daemonset"),
+            Arc::new(client),
+        )
         .for_each(|_| async {})
         .await;
 }

@@ -265,10 +265,6 @@ pub fn slices_for(svc: &Service, pods: &[Pod]) -> BTreeMap<String, Value> {
     out
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Error(#[from] kube::Error);
-
 /// Whether the fields this controller manages differ between `have` and `want`.
 fn differs(have: &Value, want: &Value, fields: &[&str]) -> bool {
     fields.iter().any(|f| {
@@ -278,7 +274,10 @@ fn differs(have: &Value, want: &Value, fields: &[&str]) -> bool {
     }) || have.pointer("/metadata/labels") != want.pointer("/metadata/labels")
 }
 
-async fn reconcile(svc: Arc<Service>, client: Arc<kube::Client>) -> Result<Action, Error> {
+async fn reconcile(
+    svc: Arc<Service>,
+    client: Arc<kube::Client>,
+) -> Result<Action, crate::runner::Error> {
     let (Some(ns), Some(name)) = (
         svc.metadata.namespace.as_deref(),
         svc.metadata.name.as_deref(),
@@ -397,11 +396,6 @@ async fn reconcile(svc: Arc<Service>, client: Arc<kube::Client>) -> Result<Actio
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-fn retry(_: Arc<Service>, e: &Error, _: Arc<kube::Client>) -> Action {
-    tracing::warn!(error = %e, "endpoints controller: retrying");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Runs the controller until its streams end.
 pub async fn run(client: kube::Client) {
     let services: Api<Service> = Api::all(client.clone());
@@ -451,7 +445,11 @@ pub async fn run(client: kube::Client) {
             Some(ObjectRef::<Service>::new(&name).within(e.metadata.namespace.as_deref()?))
         })
         .owns(slices, watcher::Config::default())
-        .run(reconcile, retry, Arc::new(client.clone()))
+        .run(
+            reconcile,
+            crate::runner::retry("endpoints"),
+            Arc::new(client.clone()),
+        )
         .for_each(|_| async {});
     tokio::select! {
         _ = reconciling => {}

@@ -38,6 +38,14 @@ impl<K> Watched for K where
 #[error(transparent)]
 pub struct Error(#[from] pub kube::Error);
 
+/// The retry policy of every controller: log, and look again after a second.
+pub fn retry<K>(what: &'static str) -> impl Fn(Arc<K>, &Error, Arc<kube::Client>) -> Action {
+    move |_, e, _| {
+        tracing::warn!(error = %e, "{what} controller: retrying");
+        Action::requeue(Duration::from_secs(1))
+    }
+}
+
 /// Runs `reconcile` for every `K`, triggered by changes to it and to the `O`s it controls,
 /// until the watches end. `what` names the controller in logs.
 pub async fn run_owning<K, O, F, Fut>(client: kube::Client, what: &'static str, reconcile: F)
@@ -47,13 +55,9 @@ where
     F: FnMut(Arc<K>, Arc<kube::Client>) -> Fut,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
-    let retry = move |_: Arc<K>, e: &Error, _: Arc<kube::Client>| {
-        tracing::warn!(error = %e, "{what} controller: retrying");
-        Action::requeue(Duration::from_secs(1))
-    };
     Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
         .owns(Api::<O>::all(client.clone()), watcher::Config::default())
-        .run(reconcile, retry, Arc::new(client))
+        .run(reconcile, retry(what), Arc::new(client))
         .for_each(|_| async {})
         .await;
 }

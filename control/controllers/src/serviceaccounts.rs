@@ -34,11 +34,10 @@ pub fn plan(ns: &Namespace, has_default: bool) -> Plan {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Error(#[from] kube::Error);
-
-async fn reconcile(ns: Arc<Namespace>, client: Arc<kube::Client>) -> Result<Action, Error> {
+async fn reconcile(
+    ns: Arc<Namespace>,
+    client: Arc<kube::Client>,
+) -> Result<Action, crate::runner::Error> {
     let Some(name) = ns.metadata.name.as_deref() else {
         return Ok(Action::await_change());
     };
@@ -57,11 +56,6 @@ async fn reconcile(ns: Arc<Namespace>, client: Arc<kube::Client>) -> Result<Acti
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-fn retry(_: Arc<Namespace>, e: &Error, _: Arc<kube::Client>) -> Action {
-    tracing::warn!(error = %e, "serviceaccount controller: retrying");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Runs the controller until the stream of namespaces ends.
 pub async fn run(client: kube::Client) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -76,7 +70,11 @@ pub async fn run(client: kube::Client) {
                     .map(|ns| ObjectRef::<Namespace>::new(&ns))
             },
         )
-        .run(reconcile, retry, Arc::new(client))
+        .run(
+            reconcile,
+            crate::runner::retry("serviceaccount"),
+            Arc::new(client),
+        )
         .for_each(|_| async {})
         .await;
 }
