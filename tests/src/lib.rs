@@ -280,6 +280,22 @@ pub fn kubectl_ok(cluster: &LocalCluster, version: &str, args: &[&str]) -> Strin
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs kubectl like [`kubectl_ok`] but expects it to fail; returns stderr.
+pub fn kubectl_fails(cluster: &LocalCluster, version: &str, args: &[&str]) -> String {
+    let out = Command::new(kubectl_bin(version))
+        .arg("--kubeconfig")
+        .arg(cluster.dir().join("admin.kubeconfig"))
+        .args(args)
+        .output()
+        .expect("running kubectl");
+    assert!(
+        !out.status.success(),
+        "kubectl {args:?} should fail: {}",
+        show(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Panics if any running process's command line contains `marker` (a benchmark's scratch
 /// directory, say): what a run started must be gone when it ends.
 pub fn assert_nothing_running(marker: &str) {

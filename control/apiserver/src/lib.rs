@@ -21,6 +21,7 @@ pub mod registry;
 pub mod resources;
 pub mod selectors;
 pub mod smp;
+pub mod specs;
 pub mod status;
 pub mod storage;
 pub mod table;

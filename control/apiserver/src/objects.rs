@@ -168,6 +168,7 @@ pub fn prepare_create(res: &Resource, ns: Option<&str>, mut obj: Value) -> Resul
         obj["type"] = json!("Opaque");
     }
     crate::defaults::apply(res.kind, &mut obj);
+    crate::specs::check(res, &obj, None)?;
     Ok(obj)
 }
 
@@ -214,6 +215,7 @@ pub fn prepare_update(
                 keep_service_allocations(name, current, &mut obj)?;
             }
             crate::defaults::apply(res.kind, &mut obj);
+            crate::specs::check(res, &obj, Some(current))?;
             let generation = current
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64);
@@ -376,11 +378,14 @@ mod tests {
         let current = prepare_create(
             deploys,
             Some("d"),
-            json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}}),
+            json!({"metadata": {"name": "web"}, "spec": {"replicas": 1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}}}}),
         )
         .unwrap();
         let mut next =
-            json!({"metadata": {"name": "web", "uid": "forged"}, "spec": {"replicas": 3}});
+            json!({"metadata": {"name": "web", "uid": "forged"}, "spec": current["spec"]});
+        next["spec"]["replicas"] = json!(3);
         next = prepare_update(deploys, Some("d"), "web", None, &current, next).unwrap();
         assert_eq!(next["metadata"]["uid"], current["metadata"]["uid"]);
         assert_eq!(next["metadata"]["generation"], 2);

@@ -157,6 +157,15 @@ pub const RESOURCES: &[Resource] = &[
         true,
         &["sts"],
     ),
+    r(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+        &[],
+    ),
     r("batch", "v1", "Job", "jobs", "job", true, &[]),
     r(
         "batch",

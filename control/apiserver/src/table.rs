@@ -49,6 +49,32 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Available", "integer"),
             age,
         ],
+        "StatefulSet" => vec![name, col("Ready", "string"), age],
+        "DaemonSet" => vec![
+            name,
+            col("Desired", "integer"),
+            col("Current", "integer"),
+            col("Ready", "integer"),
+            col("Up-to-date", "integer"),
+            col("Available", "integer"),
+            col("Node Selector", "string"),
+            age,
+        ],
+        "CronJob" => vec![
+            name,
+            col("Schedule", "string"),
+            col("Timezone", "string"),
+            col("Suspend", "boolean"),
+            col("Active", "integer"),
+            col("Last Schedule", "string"),
+            age,
+        ],
+        "ControllerRevision" => vec![
+            name,
+            col("Controller", "string"),
+            col("Revision", "integer"),
+            age,
+        ],
         "ReplicaSet" => vec![
             name,
             col("Desired", "integer"),
@@ -234,6 +260,79 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(n(o, "/status/availableReplicas")),
             age,
         ],
+        "StatefulSet" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                o.pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            )),
+            age,
+        ],
+        "DaemonSet" => {
+            let selector: Vec<String> = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            vec![
+                name,
+                json!(n(o, "/status/desiredNumberScheduled")),
+                json!(n(o, "/status/currentNumberScheduled")),
+                json!(n(o, "/status/numberReady")),
+                json!(n(o, "/status/updatedNumberScheduled")),
+                json!(n(o, "/status/numberAvailable")),
+                json!(or_none(selector.join(","))),
+                age,
+            ]
+        }
+        "CronJob" => {
+            let last = o
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map_or_else(
+                    || "<none>".to_string(),
+                    |t| human_age(now.as_second() - t.as_second()),
+                );
+            vec![
+                name,
+                json!(s(o, "/spec/schedule")),
+                json!(or_none(s(o, "/spec/timeZone"))),
+                json!(o.pointer("/spec/suspend") == Some(&json!(true))),
+                json!(o
+                    .pointer("/status/active")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)),
+                json!(last),
+                age,
+            ]
+        }
+        "ControllerRevision" => {
+            let owner = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|os| os.iter().find(|r| r["controller"] == json!(true)))
+                .map(|r| {
+                    format!(
+                        "{}.{}/{}",
+                        r["kind"].as_str().unwrap_or_default().to_lowercase(),
+                        r["apiVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .split('/')
+                            .next()
+                            .unwrap_or_default(),
+                        r["name"].as_str().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            vec![name, json!(or_none(owner)), json!(n(o, "/revision")), age]
+        }
         "ReplicaSet" => vec![
             name,
             json!(o

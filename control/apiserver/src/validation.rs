@@ -35,6 +35,7 @@ fn typed(kind: &str, obj: &Value) -> Option<Result<Value, String>> {
         "ReplicaSet" => round_trip::<apps::ReplicaSet>(obj),
         "DaemonSet" => round_trip::<apps::DaemonSet>(obj),
         "StatefulSet" => round_trip::<apps::StatefulSet>(obj),
+        "ControllerRevision" => round_trip::<apps::ControllerRevision>(obj),
         "Job" => round_trip::<batch::Job>(obj),
         "CronJob" => round_trip::<batch::CronJob>(obj),
         "Lease" => round_trip::<coordination::Lease>(obj),

@@ -46,6 +46,8 @@ type Port = (String, i32, String);
 struct Member {
     ip: String,
     node: Option<String>,
+    /// The pod's hostname when its subdomain is this Service (StatefulSet pods).
+    hostname: Option<String>,
     target: Value,
     ready: bool,
     serving: bool,
@@ -114,6 +116,11 @@ fn members(svc: &Service, pods: &[Pod]) -> Vec<Member> {
             Some(Member {
                 ip,
                 node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                hostname: pod
+                    .spec
+                    .as_ref()
+                    .filter(|s| s.subdomain.is_some() && s.subdomain == svc.metadata.name)
+                    .and_then(|s| s.hostname.clone()),
                 target: json!({"kind": "Pod", "namespace": pod.metadata.namespace,
                                "name": pod.metadata.name, "uid": pod.metadata.uid}),
                 ready: serving && (!terminating || publish),
@@ -161,6 +168,9 @@ pub fn endpoints_for(svc: &Service, pods: &[Pod]) -> Value {
         let mut address = json!({"ip": m.ip, "targetRef": m.target});
         if let Some(n) = &m.node {
             address["nodeName"] = json!(n);
+        }
+        if let Some(h) = &m.hostname {
+            address["hostname"] = json!(h);
         }
         let mut ports = m.ports.clone();
         ports.sort();
@@ -222,6 +232,9 @@ pub fn slices_for(svc: &Service, pods: &[Pod]) -> BTreeMap<String, Value> {
         });
         if let Some(n) = &m.node {
             endpoint["nodeName"] = json!(n);
+        }
+        if let Some(h) = &m.hostname {
+            endpoint["hostname"] = json!(h);
         }
         let mut ports = m.ports.clone();
         ports.sort();
@@ -481,6 +494,26 @@ mod tests {
                        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn pods_whose_subdomain_is_the_service_publish_their_hostname() {
+        let mut named = pod("web-0", "10.0.0.1", true, false, "web");
+        let spec = named.spec.as_mut().unwrap();
+        spec.hostname = Some("web-0".into());
+        spec.subdomain = Some("web".into());
+        let mut elsewhere = pod("x-0", "10.0.0.2", true, false, "web");
+        let spec = elsewhere.spec.as_mut().unwrap();
+        spec.hostname = Some("x-0".into());
+        spec.subdomain = Some("other".into());
+        let svc = service(json!(8080), false);
+        let subsets = endpoints_for(&svc, &[named.clone(), elsewhere.clone()]);
+        assert_eq!(subsets[0]["addresses"][0]["hostname"], "web-0");
+        assert!(subsets[0]["addresses"][1].get("hostname").is_none());
+        let slices = slices_for(&svc, &[named, elsewhere]);
+        let slice = slices.values().next().unwrap();
+        assert_eq!(slice["endpoints"][0]["hostname"], "web-0");
+        assert!(slice["endpoints"][1].get("hostname").is_none());
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //!   (foreground too, so the whole tree goes bottom-up) and removes the finalizer once none is
 //!   left.
 //!
-//! Dependents are pods, ReplicaSets and EndpointSlices (the objects Flotilla's controllers
-//! create with owner references).
+//! Dependents are pods, ReplicaSets, Jobs, ControllerRevisions and EndpointSlices (the
+//! objects Flotilla's controllers create with owner references).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,6 +31,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const DEPENDENTS: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Pod", "pods"),
     ("apps", "v1", "ReplicaSet", "replicasets"),
+    ("apps", "v1", "ControllerRevision", "controllerrevisions"),
+    ("batch", "v1", "Job", "jobs"),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
 ];
 
@@ -48,6 +50,7 @@ fn plural_of(kind: &str) -> Option<&'static str> {
         "Secret" => "secrets",
         "Service" => "services",
         "EndpointSlice" => "endpointslices",
+        "ControllerRevision" => "controllerrevisions",
         _ => return None,
     })
 }
@@ -341,7 +344,9 @@ async fn finalizing(client: &kube::Client) -> Vec<Seen> {
         ("apps/v1", "Deployment"),
         ("apps/v1", "ReplicaSet"),
         ("apps/v1", "DaemonSet"),
+        ("apps/v1", "StatefulSet"),
         ("batch/v1", "Job"),
+        ("batch/v1", "CronJob"),
     ] {
         let Some(api) = api_for(client, api_version, kind, None) else {
             continue;
@@ -389,7 +394,23 @@ pub async fn run(client: kube::Client) {
         Api::<k8s_openapi::api::batch::v1::Job>::all(client.clone()),
         "batch/v1",
     );
-    let mut seen = futures::stream::select_all([rs, deploys, services, daemonsets, jobs]);
+    let statefulsets = owner_events(
+        Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client.clone()),
+        "apps/v1",
+    );
+    let cronjobs = owner_events(
+        Api::<k8s_openapi::api::batch::v1::CronJob>::all(client.clone()),
+        "batch/v1",
+    );
+    let mut seen = futures::stream::select_all([
+        rs,
+        deploys,
+        services,
+        daemonsets,
+        jobs,
+        statefulsets,
+        cronjobs,
+    ]);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     // Owners whose foreground deletion is being carried out (by uid); the tasks end with the
     // collector (a term that ends must not leave writers behind).

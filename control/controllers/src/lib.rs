@@ -4,7 +4,8 @@
 //! Lease ([`leader`], around the pure decision in [`election`]) and, while it holds it, runs
 //! every controller with a client whose writes carry the Lease's fencing token, so a deposed
 //! leader cannot write. Controllers today: [`serviceaccounts`], [`replicaset`],
-//! [`deployment`], [`daemonset`], [`job`], [`endpoints`] (Endpoints and EndpointSlices),
+//! [`deployment`], [`daemonset`], [`statefulset`], [`job`], [`endpoints`] (Endpoints and
+//! EndpointSlices),
 //! [`nodelifecycle`] (taints nodes that stop heartbeating, evicts their pods) and the garbage
 //! collector ([`gc`]). The other workload controllers (CronJob, StatefulSet) and the
 //! autoscaler are still to come. [`nodematch`] (node selectors and affinity) is shared with
@@ -14,6 +15,8 @@
 
 use std::future::Future;
 
+pub mod cron;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod election;
@@ -27,6 +30,7 @@ pub mod nodematch;
 pub mod replicaset;
 pub mod runner;
 pub mod serviceaccounts;
+pub mod statefulset;
 
 /// Settings of the controllers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,6 +63,8 @@ pub async fn run(
                 _ = deployment::run(lead.client.clone()) => {}
                 _ = daemonset::run(lead.client.clone()) => {}
                 _ = job::run(lead.client.clone()) => {}
+                _ = statefulset::run(lead.client.clone()) => {}
+                _ = cronjob::run(lead.client.clone()) => {}
                 _ = endpoints::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}

@@ -1,0 +1,678 @@
+//! The StatefulSet controller: pods with stable names `<set>-<ordinal>`, created and removed in
+//! order.
+//!
+//! Each pod gets the hostname `<set>-<ordinal>` and, when the set names a `serviceName`, that
+//! (headless) Service as its subdomain, so the Endpoints controller publishes the hostname.
+//! Templates are kept as ControllerRevisions `<set>-<hash>` (numbered, owned by the set,
+//! pruned to `revisionHistoryLimit`), which is what `kubectl rollout history` and
+//! `kubectl rollout undo` read; pods carry their revision in `controller-revision-hash`.
+//!
+//! The decision is a pure function ([`plan`]) of the set, its pods and the template of its
+//! current revision:
+//! - with `OrderedReady` (the default), ordinal *n* is created only once every lower ordinal
+//!   is Running and Ready; extra ordinals are deleted one at a time from the highest, only
+//!   while every wanted pod is healthy. `Parallel` creates and deletes without waiting.
+//! - a pod that failed or succeeded is deleted and made again under the same name.
+//! - RollingUpdate replaces pods of an older revision from the highest ordinal down to
+//!   `partition`, one at a time, each only once every pod is healthy; pods below the partition
+//!   keep (and are recreated at) the current revision. OnDelete leaves old pods until someone
+//!   deletes them. When every pod runs the update revision, it becomes the current one.
+//!
+//! Not yet: `volumeClaimTemplates` (Flotilla serves no PersistentVolumeClaims),
+//! `minReadySeconds`, `maxUnavailable` above one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
+
+use crate::daemonset::HASH_LABEL;
+use crate::events;
+use crate::replicaset::{ignore_gone, selects};
+
+const COMPONENT: &str = "statefulset-controller";
+/// The label with a pod's name, so a Service can select one member.
+pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+/// The label with a pod's ordinal.
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+/// What to do for one StatefulSet.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Orphan pods with one of the set's names and matching labels, to adopt (names).
+    pub adopt: Vec<String>,
+    /// Pods to create, complete with name and revision.
+    pub create: Vec<Pod>,
+    /// Pods to delete (names), in order.
+    pub delete: Vec<String>,
+    /// The status to report.
+    pub status: Value,
+}
+
+fn owner_ref(sts: &StatefulSet) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "StatefulSet".into(),
+        name: sts.metadata.name.clone().unwrap_or_default(),
+        uid: sts.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn controller_uid(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// The revision name (`<set>-<hash>`) of `sts`'s current template.
+pub fn update_revision(sts: &StatefulSet) -> String {
+    let spec = sts.spec.clone().unwrap_or_default();
+    let hash = crate::deployment::template_hash(
+        &spec.template,
+        sts.status
+            .as_ref()
+            .and_then(|s| s.collision_count)
+            .unwrap_or(0),
+    );
+    format!(
+        "{}-{hash}",
+        sts.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The ordinal of `pod` if its name is `<set>-<ordinal>`.
+fn ordinal(set: &str, pod: &Pod) -> Option<i32> {
+    let name = pod.metadata.name.as_deref()?;
+    let digits = name.strip_prefix(set)?.strip_prefix('-')?;
+    if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+fn terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(phase(pod), "Succeeded" | "Failed")
+}
+
+/// Running, Ready and not being deleted.
+fn healthy(pod: &Pod) -> bool {
+    !terminating(pod)
+        && phase(pod) == "Running"
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn revision_of(pod: &Pod) -> &str {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(HASH_LABEL))
+        .map_or("", String::as_str)
+}
+
+/// Pod `<set>-<ordinal>` from `template` at `revision`.
+pub fn new_pod(sts: &StatefulSet, ord: i32, template: &PodTemplateSpec, revision: &str) -> Pod {
+    let set = sts.metadata.name.clone().unwrap_or_default();
+    let mut pod = crate::replicaset::pod_from_template(template.clone(), &set, owner_ref(sts));
+    let name = format!("{set}-{ord}");
+    pod.metadata.generate_name = None;
+    pod.metadata.name = Some(name.clone());
+    let labels = pod.metadata.labels.get_or_insert_with(Default::default);
+    labels.insert(POD_NAME_LABEL.into(), name.clone());
+    labels.insert(POD_INDEX_LABEL.into(), ord.to_string());
+    labels.insert(HASH_LABEL.into(), revision.into());
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.hostname = Some(name);
+        let service = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_name.clone())
+            .filter(|s| !s.is_empty());
+        if service.is_some() {
+            spec.subdomain = service;
+        }
+    }
+    pod
+}
+
+/// The plan for `sts` given the pods of its namespace and the template of its current
+/// revision (`None`: the current revision is the update revision or is gone).
+pub fn plan(sts: &StatefulSet, pods: &[Pod], current_template: Option<&PodTemplateSpec>) -> Plan {
+    let mut out = Plan::default();
+    let Some(spec) = sts.spec.as_ref() else {
+        return out;
+    };
+    let set = sts.metadata.name.as_deref().unwrap_or_default();
+    let uid = sts.metadata.uid.as_deref().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1).max(0);
+    let start = spec
+        .ordinals
+        .as_ref()
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
+    let wanted = start..start.saturating_add(replicas);
+    let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
+    let strategy = spec.update_strategy.clone().unwrap_or_default();
+    let on_delete = strategy.type_.as_deref() == Some("OnDelete");
+    let partition = strategy
+        .rolling_update
+        .and_then(|r| r.partition)
+        .unwrap_or(0);
+    let update_rev = update_revision(sts);
+    let status = sts.status.clone().unwrap_or_default();
+    let current_rev = status
+        .current_revision
+        .clone()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| update_rev.clone());
+
+    // The set's pods by ordinal: owned ones, and orphans with one of its names to adopt.
+    let mut mine: BTreeMap<i32, &Pod> = BTreeMap::new();
+    for pod in pods {
+        let Some(ord) = ordinal(set, pod) else {
+            continue;
+        };
+        match controller_uid(&pod.metadata) {
+            Some(owner) if owner == uid => {}
+            None if !terminating(pod)
+                && selects(
+                    &spec.selector,
+                    pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+                ) =>
+            {
+                out.adopt.extend(pod.metadata.name.clone());
+            }
+            _ => continue,
+        }
+        mine.insert(ord, pod);
+    }
+
+    // Wanted ordinals, lowest first: create what is missing, replace what finished.
+    let mut blocked = false;
+    for ord in wanted.clone() {
+        match mine.get(&ord) {
+            None => {
+                let keep_current = !on_delete && ord < partition && current_rev != update_rev;
+                let pod = match (keep_current, current_template) {
+                    (true, Some(t)) => new_pod(sts, ord, t, &current_rev),
+                    _ => new_pod(sts, ord, &spec.template, &update_rev),
+                };
+                out.create.push(pod);
+                blocked = true;
+            }
+            Some(pod) if finished(pod) && !terminating(pod) => {
+                out.delete.extend(pod.metadata.name.clone());
+                blocked = true;
+            }
+            Some(pod) if !healthy(pod) => blocked = true,
+            Some(_) => {}
+        }
+        if blocked && !parallel {
+            break;
+        }
+    }
+
+    // Ordinals no longer wanted, highest first.
+    let mut condemned: Vec<&Pod> = mine
+        .iter()
+        .filter(|(ord, _)| !wanted.contains(ord))
+        .map(|(_, p)| *p)
+        .collect();
+    condemned.reverse();
+    if parallel {
+        out.delete.extend(
+            condemned
+                .iter()
+                .filter(|p| !terminating(p))
+                .filter_map(|p| p.metadata.name.clone()),
+        );
+    } else if !blocked {
+        if let Some(top) = condemned.first() {
+            if !terminating(top) {
+                out.delete.extend(top.metadata.name.clone());
+            }
+        }
+    }
+
+    // Rolling update: once everything wanted is healthy and nothing extra is left, replace the
+    // highest pod of an older revision at or above the partition.
+    let all_healthy = wanted
+        .clone()
+        .all(|ord| mine.get(&ord).is_some_and(|p| healthy(p)));
+    if !on_delete && all_healthy && condemned.is_empty() {
+        if let Some(pod) = wanted
+            .clone()
+            .rev()
+            .filter(|ord| *ord >= partition)
+            .filter_map(|ord| mine.get(&ord))
+            .find(|p| revision_of(p) != update_rev)
+        {
+            out.delete.extend(pod.metadata.name.clone());
+        }
+    }
+
+    // Status, from the pods as they are now.
+    let live: Vec<&Pod> = mine.values().copied().filter(|p| !finished(p)).collect();
+    let ready = live.iter().filter(|p| healthy(p)).count();
+    let at = |rev: &str| {
+        live.iter()
+            .filter(|p| !terminating(p) && revision_of(p) == rev)
+            .count()
+    };
+    let updated = at(&update_rev);
+    let mut current = at(&current_rev);
+    let mut current_revision = current_rev.clone();
+    let done = usize::try_from(replicas).unwrap_or(0);
+    if updated == done && ready == done && condemned.is_empty() {
+        current_revision = update_rev.clone();
+        current = updated;
+    }
+    out.status = json!({
+        "observedGeneration": sts.metadata.generation,
+        "replicas": live.len(),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "currentReplicas": current,
+        "updatedReplicas": updated,
+        "currentRevision": current_revision,
+        "updateRevision": update_rev,
+        "collisionCount": status.collision_count.unwrap_or(0),
+    });
+    out
+}
+
+/// The template a ControllerRevision of a StatefulSet records (`data.spec.template`).
+pub fn revision_template(rev: &ControllerRevision) -> Option<PodTemplateSpec> {
+    let mut t = rev.data.as_ref()?.0.pointer("/spec/template")?.clone();
+    if let Some(o) = t.as_object_mut() {
+        o.remove("$patch");
+    }
+    serde_json::from_value(t).ok()
+}
+
+/// What to do with the set's ControllerRevisions.
+#[derive(Debug, Default)]
+pub struct Revisions {
+    /// A revision to create (the update revision is new).
+    pub create: Option<ControllerRevision>,
+    /// A revision to renumber `(name, revision)`: an older template is the update revision
+    /// again (a rollback), so it becomes the newest.
+    pub renumber: Option<(String, i64)>,
+    /// Old revisions beyond `revisionHistoryLimit` (names).
+    pub delete: Vec<String>,
+}
+
+/// The revision bookkeeping for `sts` given its ControllerRevisions and pods.
+pub fn revisions(sts: &StatefulSet, revs: &[ControllerRevision], pods: &[Pod]) -> Revisions {
+    let mut out = Revisions::default();
+    let uid = sts.metadata.uid.as_deref().unwrap_or_default();
+    let mut owned: Vec<&ControllerRevision> = revs
+        .iter()
+        .filter(|r| controller_uid(&r.metadata) == Some(uid))
+        .collect();
+    owned.sort_by_key(|r| r.revision);
+    let newest = owned.last().map_or(0, |r| r.revision);
+    let update = update_revision(sts);
+    let spec = sts.spec.clone().unwrap_or_default();
+    match owned
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(&update))
+    {
+        None => {
+            let mut template = serde_json::to_value(&spec.template).unwrap_or_default();
+            template["$patch"] = json!("replace");
+            out.create = Some(ControllerRevision {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(update.clone()),
+                    namespace: sts.metadata.namespace.clone(),
+                    labels: spec
+                        .template
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.labels.clone()),
+                    owner_references: Some(vec![owner_ref(sts)]),
+                    ..Default::default()
+                },
+                data: Some(RawExtension(json!({"spec": {"template": template}}))),
+                revision: newest + 1,
+            });
+        }
+        Some(r) if r.revision < newest => out.renumber = Some((update.clone(), newest + 1)),
+        Some(_) => {}
+    }
+    let limit = usize::try_from(spec.revision_history_limit.unwrap_or(10).max(0)).unwrap_or(0);
+    let current = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.clone())
+        .unwrap_or_default();
+    let in_use: Vec<&str> = pods.iter().map(revision_of).collect();
+    let old: Vec<&&ControllerRevision> = owned
+        .iter()
+        .filter(|r| {
+            let name = r.metadata.name.as_deref().unwrap_or_default();
+            name != update && name != current && !in_use.contains(&name)
+        })
+        .collect();
+    out.delete = old
+        .iter()
+        .take(old.len().saturating_sub(limit))
+        .filter_map(|r| r.metadata.name.clone())
+        .collect();
+    out
+}
+
+async fn reconcile(
+    sts: Arc<StatefulSet>,
+    client: Arc<kube::Client>,
+) -> Result<Action, crate::runner::Error> {
+    let (Some(ns), Some(name)) = (
+        sts.metadata.namespace.as_deref(),
+        sts.metadata.name.as_deref(),
+    ) else {
+        return Ok(Action::await_change());
+    };
+    let client = (*client).clone();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let Some(sts) = sets.get_opt(name).await? else {
+        return Ok(Action::await_change());
+    };
+    if sts.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let revs_api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let pods = pods_api.list(&ListParams::default()).await?.items;
+    let revs = revs_api.list(&ListParams::default()).await?.items;
+    let pp = PatchParams::default();
+
+    let r = revisions(&sts, &revs, &pods);
+    if let Some(rev) = &r.create {
+        match revs_api.create(&PostParams::default(), rev).await {
+            Ok(_) => {}
+            // A revision of that name from an earlier term or another owner: use it as is.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some((rev, number)) = &r.renumber {
+        let patch = json!({"revision": number});
+        ignore_gone(revs_api.patch(rev, &pp, &Patch::Merge(&patch)).await)?;
+    }
+    for rev in &r.delete {
+        ignore_gone(
+            revs_api
+                .delete(rev, &DeleteParams::background())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+
+    let current = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref())
+        .and_then(|c| revs.iter().find(|r| r.metadata.name.as_deref() == Some(c)))
+        .and_then(revision_template);
+    let p = plan(&sts, &pods, current.as_ref());
+    let about = events::reference("apps/v1", "StatefulSet", &sts.metadata);
+    for pod in &p.adopt {
+        let patch = json!({"metadata": {"ownerReferences": [owner_ref(&sts)]}});
+        ignore_gone(pods_api.patch(pod, &pp, &Patch::Merge(&patch)).await)?;
+    }
+    for pod in &p.create {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        match pods_api.create(&PostParams::default(), pod).await {
+            Ok(_) => {}
+            // The old pod of that name is still being deleted: wait for it to go.
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let message = format!("create Pod {pod_name} in StatefulSet {name} successful");
+        events::record(
+            &client,
+            COMPONENT,
+            &about,
+            events::Kind::Normal,
+            "SuccessfulCreate",
+            &message,
+        )
+        .await;
+    }
+    for pod in &p.delete {
+        ignore_gone(
+            pods_api
+                .delete(pod, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+        let message = format!("delete Pod {pod} in StatefulSet {name} successful");
+        events::record(
+            &client,
+            COMPONENT,
+            &about,
+            events::Kind::Normal,
+            "SuccessfulDelete",
+            &message,
+        )
+        .await;
+    }
+    if !p.create.is_empty() || !p.delete.is_empty() {
+        tracing::info!(
+            statefulset = name,
+            namespace = ns,
+            created = p.create.len(),
+            deleted = p.delete.len(),
+            "statefulset: reconciled"
+        );
+    }
+    let status = json!({"status": p.status});
+    ignore_gone(sets.patch_status(name, &pp, &Patch::Merge(&status)).await)?;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Runs the controller until its streams end.
+pub async fn run(client: kube::Client) {
+    crate::runner::run_owning::<StatefulSet, Pod, _, _>(client, "statefulset", reconcile).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sts(replicas: i32, image: &str, extra: Value) -> StatefulSet {
+        let mut spec = json!({
+            "replicas": replicas, "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                         "spec": {"containers": [{"name": "c", "image": image}]}},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "d", "uid": "sts-uid", "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn running(sts: &StatefulSet, ord: i32, ready: bool) -> Pod {
+        let rev = update_revision(sts);
+        let mut pod = new_pod(sts, ord, &sts.spec.as_ref().unwrap().template, &rev);
+        pod.status = serde_json::from_value(json!({"phase": "Running", "conditions": [
+            {"type": "Ready", "status": if ready { "True" } else { "False" }}]}))
+        .unwrap();
+        pod
+    }
+
+    fn names(pods: &[Pod]) -> Vec<String> {
+        pods.iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ordered_ready_creates_one_ordinal_at_a_time() {
+        let s = sts(3, "pg:1", json!({}));
+        let p = plan(&s, &[], None);
+        assert_eq!(names(&p.create), ["db-0"]);
+        let pod = &p.create[0];
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("db-0"));
+        assert_eq!(spec.subdomain.as_deref(), Some("db"));
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[POD_NAME_LABEL], "db-0");
+        assert_eq!(labels[POD_INDEX_LABEL], "0");
+        assert_eq!(labels[HASH_LABEL], update_revision(&s));
+        // db-0 not ready yet: nothing more.
+        let p = plan(&s, &[running(&s, 0, false)], None);
+        assert!(p.create.is_empty() && p.delete.is_empty());
+        // db-0 ready: db-1 next.
+        let p = plan(&s, &[running(&s, 0, true)], None);
+        assert_eq!(names(&p.create), ["db-1"]);
+        // Parallel: everything at once.
+        let par = sts(3, "pg:1", json!({"podManagementPolicy": "Parallel"}));
+        assert_eq!(
+            names(&plan(&par, &[], None).create),
+            ["db-0", "db-1", "db-2"]
+        );
+    }
+
+    #[test]
+    fn scale_down_removes_the_highest_ordinal_first_one_at_a_time() {
+        let s = sts(1, "pg:1", json!({}));
+        let pods = [
+            running(&s, 0, true),
+            running(&s, 1, true),
+            running(&s, 2, true),
+        ];
+        let p = plan(&s, &pods, None);
+        assert_eq!(p.delete, ["db-2"]);
+        assert_eq!(p.status["replicas"], 3);
+        // While db-2 terminates, db-1 waits.
+        let mut going = pods.clone();
+        going[2].metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert!(plan(&s, &going, None).delete.is_empty());
+        // A failed pod is replaced under its name.
+        let mut failed = running(&s, 0, false);
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert_eq!(plan(&s, &[failed], None).delete, ["db-0"]);
+    }
+
+    #[test]
+    fn rolling_update_goes_from_the_highest_ordinal_down_to_the_partition() {
+        let old = sts(3, "pg:1", json!({}));
+        let pods: Vec<Pod> = (0..3).map(|o| running(&old, o, true)).collect();
+        let mut new = sts(3, "pg:2", json!({}));
+        new.status =
+            serde_json::from_value(json!({"currentRevision": update_revision(&old)})).unwrap();
+        let p = plan(&new, &pods, None);
+        assert_eq!(p.delete, ["db-2"]);
+        assert_eq!(p.status["updatedReplicas"], 0);
+        assert_eq!(p.status["currentReplicas"], 3);
+        assert_eq!(p.status["currentRevision"], json!(update_revision(&old)));
+        // db-2 at the new revision and ready: db-1 next.
+        let pods2 = vec![pods[0].clone(), pods[1].clone(), running(&new, 2, true)];
+        assert_eq!(plan(&new, &pods2, None).delete, ["db-1"]);
+        // With partition 2 only db-2 is updated; a missing db-0 comes back at the old revision.
+        let mut part = sts(
+            3,
+            "pg:2",
+            json!({"updateStrategy": {"type": "RollingUpdate",
+                                               "rollingUpdate": {"partition": 2}}}),
+        );
+        part.status = new.status.clone();
+        assert!(plan(&part, &pods2, None).delete.is_empty());
+        let old_template = old.spec.as_ref().unwrap().template.clone();
+        let p = plan(&part, &pods2[1..], Some(&old_template));
+        assert_eq!(names(&p.create), ["db-0"]);
+        assert_eq!(
+            p.create[0].metadata.labels.as_ref().unwrap()[HASH_LABEL],
+            update_revision(&old)
+        );
+        // Everything updated and ready: the update revision becomes current.
+        let done: Vec<Pod> = (0..3).map(|o| running(&new, o, true)).collect();
+        let p = plan(&new, &done, None);
+        assert_eq!(p.status["currentRevision"], json!(update_revision(&new)));
+        assert_eq!(p.status["currentReplicas"], 3);
+        // OnDelete: nothing is replaced by the controller.
+        let mut od = sts(3, "pg:2", json!({"updateStrategy": {"type": "OnDelete"}}));
+        od.status = new.status.clone();
+        assert!(plan(&od, &pods, None).delete.is_empty());
+    }
+
+    #[test]
+    fn revisions_are_created_renumbered_on_rollback_and_pruned() {
+        let v1 = sts(1, "pg:1", json!({"revisionHistoryLimit": 1}));
+        let r = revisions(&v1, &[], &[]);
+        let first = r.create.expect("a first revision");
+        assert_eq!(first.revision, 1);
+        assert_eq!(first.metadata.name, Some(update_revision(&v1)));
+        assert_eq!(
+            revision_template(&first),
+            Some(v1.spec.as_ref().unwrap().template.clone())
+        );
+        let v2 = sts(1, "pg:2", json!({"revisionHistoryLimit": 1}));
+        let second = revisions(&v2, std::slice::from_ref(&first), &[])
+            .create
+            .unwrap();
+        assert_eq!(second.revision, 2);
+        // Back to pg:1 (rollback): revision 1 becomes revision 3.
+        let r = revisions(&v1, &[first.clone(), second.clone()], &[]);
+        assert!(r.create.is_none());
+        assert_eq!(r.renumber, Some((update_revision(&v1), 3)));
+        // Three old templates unused by any pod and a limit of one: the two oldest go.
+        let v3 = sts(1, "pg:3", json!({"revisionHistoryLimit": 1}));
+        let third = revisions(&v3, &[first.clone(), second.clone()], &[])
+            .create
+            .unwrap();
+        let v4 = sts(1, "pg:4", json!({"revisionHistoryLimit": 1}));
+        let r = revisions(&v4, &[first.clone(), second, third], &[]);
+        assert_eq!(r.delete, [update_revision(&v1), update_revision(&v2)]);
+    }
+
+    #[test]
+    fn orphans_with_a_set_name_are_adopted_others_ignored() {
+        let s = sts(2, "pg:1", json!({}));
+        let mut orphan = running(&s, 0, true);
+        orphan.metadata.owner_references = None;
+        let mut stranger = running(&s, 1, true);
+        stranger.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+        let p = plan(&s, &[orphan, stranger], None);
+        assert_eq!(p.adopt, ["db-0"]);
+        // db-1 belongs to someone else: creating it is tried (and will conflict), not stolen.
+        assert_eq!(names(&p.create), ["db-1"]);
+    }
+}
