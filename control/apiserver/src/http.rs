@@ -602,8 +602,16 @@ async fn serve<B: Backend>(
         (Method::DELETE, Target::Object(res, ns, name, None)) => {
             let opts = delete_options(body, parts.uri.query()).await?;
             if res.kind == "Namespace" {
-                mark_terminating(&api, res, &name).await?;
-                delete_namespace_contents(&api, &name).await?;
+                if matches!(name.as_str(), "default" | "kube-system" | "kube-public") {
+                    return Err(ApiError::Forbidden(format!(
+                        "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+                    )));
+                }
+                // The namespace controller empties it and removes the `kubernetes` finalizer.
+                let marked = mark_terminating(&api, res, &name).await?;
+                if has_spec_finalizers(&marked) {
+                    return Ok(json_response(StatusCode::OK, &marked));
+                }
             }
             let gone = delete_object(&api, res, ns.as_deref(), &name, &opts).await?;
             Ok(json_response(StatusCode::OK, &gone))
@@ -887,7 +895,8 @@ async fn finish_deletion<B: Backend>(
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
-    if !marked || finalizers || res.kind == "Pod" {
+    let namespace_held = res.kind == "Namespace" && has_spec_finalizers(&updated);
+    if !marked || finalizers || namespace_held || res.kind == "Pod" {
         return Ok(updated);
     }
     let name = updated
@@ -1013,22 +1022,18 @@ async fn bind_pod<B: Backend>(
     }
 }
 
-/// Puts namespace `name` in the Terminating phase, so that no master accepts new content in
-/// it while its contents are deleted.
+/// Puts namespace `name` in the Terminating phase (with its deletion timestamp), so that no
+/// master accepts new content in it while the namespace controller deletes what is there;
+/// returns it as stored.
 async fn mark_terminating<B: Backend>(
     api: &Api<B>,
     res: &Resource,
     name: &str,
-) -> Result<(), ApiError> {
+) -> Result<Value, ApiError> {
     loop {
-        let mut ns = match api.storage.get(res, None, name).await {
-            Ok(ns) => ns,
-            // The delete itself reports it.
-            Err(ApiError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let mut ns = api.storage.get(res, None, name).await?;
         if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
-            return Ok(());
+            return Ok(ns);
         }
         let now = jiff::Timestamp::now();
         ns["metadata"]["deletionTimestamp"] =
@@ -1036,27 +1041,16 @@ async fn mark_terminating<B: Backend>(
         ns["status"]["phase"] = json!("Terminating");
         match api.storage.update(res, None, &ns).await {
             Err(ApiError::Conflict { .. }) => continue,
-            other => return other.map(|_| ()),
+            other => return other,
         }
     }
 }
 
-/// Deletes everything in namespace `ns` before the namespace itself goes.
-async fn delete_namespace_contents<B: Backend>(api: &Api<B>, ns: &str) -> Result<(), ApiError> {
-    for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let (items, _) = api.storage.list(res, Some(ns)).await?;
-        for item in items {
-            let name = item
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            match api.storage.delete(res, Some(ns), name, None).await {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
+/// Whether a namespace still has `spec.finalizers` (only `finalize` removes them).
+fn has_spec_finalizers(ns: &Value) -> bool {
+    ns.pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
 }
 
 fn selected(q: &Query, obj: &Value) -> bool {

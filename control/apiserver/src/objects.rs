@@ -214,6 +214,12 @@ pub fn prepare_update(
             if res.kind == "Service" {
                 keep_service_allocations(name, current, &mut obj)?;
             }
+            if res.kind == "Namespace" {
+                obj["spec"]["finalizers"] = current
+                    .pointer("/spec/finalizers")
+                    .cloned()
+                    .unwrap_or_else(|| json!([]));
+            }
             crate::defaults::apply(res.kind, &mut obj);
             crate::specs::check(res, &obj, Some(current))?;
             let generation = current
@@ -228,6 +234,18 @@ pub fn prepare_update(
         Some("status") => {
             let mut next = current.clone();
             next["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
+            if let Some(rv) = obj.pointer("/metadata/resourceVersion") {
+                next["metadata"]["resourceVersion"] = rv.clone();
+            }
+            next
+        }
+        // A namespace's `spec.finalizers` change only here (the namespace controller).
+        Some("finalize") if res.kind == "Namespace" => {
+            let mut next = current.clone();
+            next["spec"]["finalizers"] = obj
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
             if let Some(rv) = obj.pointer("/metadata/resourceVersion") {
                 next["metadata"]["resourceVersion"] = rv.clone();
             }

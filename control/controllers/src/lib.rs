@@ -4,12 +4,12 @@
 //! Lease ([`leader`], around the pure decision in [`election`]) and, while it holds it, runs
 //! every controller with a client whose writes carry the Lease's fencing token, so a deposed
 //! leader cannot write. Controllers today: [`serviceaccounts`], [`replicaset`],
-//! [`deployment`], [`daemonset`], [`statefulset`], [`job`], [`endpoints`] (Endpoints and
-//! EndpointSlices),
-//! [`nodelifecycle`] (taints nodes that stop heartbeating, evicts their pods) and the garbage
-//! collector ([`gc`]). The other workload controllers (CronJob, StatefulSet) and the
-//! autoscaler are still to come. [`nodematch`] (node selectors and affinity) is shared with
-//! the scheduler. [`events`] records what the controllers do.
+//! [`deployment`], [`daemonset`], [`statefulset`], [`job`], [`cronjob`] (schedules parsed by
+//! [`cron`]), [`endpoints`] (Endpoints and EndpointSlices), [`nodelifecycle`] (taints nodes
+//! that stop heartbeating, evicts their pods), [`namespace`] (empties namespaces being
+//! deleted) and the garbage collector ([`gc`]). The autoscaler is still to come.
+//! [`nodematch`] (node selectors and affinity) is shared with the scheduler. [`events`]
+//! records what the controllers do.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +25,7 @@ pub mod events;
 pub mod gc;
 pub mod job;
 pub mod leader;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod nodematch;
 pub mod replicaset;
@@ -65,6 +66,7 @@ pub async fn run(
                 _ = job::run(lead.client.clone()) => {}
                 _ = statefulset::run(lead.client.clone()) => {}
                 _ = cronjob::run(lead.client.clone()) => {}
+                _ = namespace::run(lead.client.clone()) => {}
                 _ = endpoints::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}
