@@ -406,6 +406,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 _ = async {
                     flotilla_apiserver::bootstrap::initial_namespaces(&api).await;
                     flotilla_apiserver::bootstrap::kubernetes_service(&api).await;
+                    flotilla_apiserver::bootstrap::priority_classes(&api).await;
                     bootstrapped.store(true, std::sync::atomic::Ordering::Release);
                 } => {}
             }

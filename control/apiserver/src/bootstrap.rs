@@ -68,3 +68,34 @@ pub async fn initial_namespaces<B: Backend>(api: &Api<B>) {
         }
     }
 }
+
+/// The PriorityClasses every cluster has: (name, value), as in Kubernetes.
+pub const SYSTEM_PRIORITY_CLASSES: &[(&str, i64)] = &[
+    ("system-cluster-critical", 2_000_000_000),
+    ("system-node-critical", 2_000_001_000),
+];
+
+/// Creates the system PriorityClasses that do not exist yet (idempotent, like the
+/// namespaces).
+pub async fn priority_classes<B: Backend>(api: &Api<B>) {
+    let res = resources::find("scheduling.k8s.io", "v1", "priorityclasses")
+        .expect("priorityclasses are served");
+    for (name, value) in SYSTEM_PRIORITY_CLASSES {
+        loop {
+            let pc = prepare_create(
+                res,
+                None,
+                json!({"metadata": {"name": name}, "value": value,
+                       "description": "Used for system critical pods that must run in the cluster."}),
+            )
+            .expect("the system PriorityClasses are valid");
+            match api.storage().create(res, None, &pc).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => break,
+                Err(e) => {
+                    tracing::debug!(class = name, error = %e, "cannot create yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}

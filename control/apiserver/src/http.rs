@@ -416,7 +416,10 @@ async fn serve<B: Backend>(
             if let Some(ns) = ns.as_deref() {
                 require_namespace(&api, ns).await?;
             }
-            let obj = objects::prepare_create(res, ns.as_deref(), obj)?;
+            let mut obj = objects::prepare_create(res, ns.as_deref(), obj)?;
+            if res.kind == "Pod" {
+                admit_priority(&api, &mut obj).await?;
+            }
             if query.strict {
                 crate::validation::strict(res.kind, &obj)?;
             }
@@ -1044,6 +1047,72 @@ async fn mark_terminating<B: Backend>(
             other => return other,
         }
     }
+}
+
+/// The Priority admission: a pod's `priorityClassName` (else the global default class, if
+/// any) sets `spec.priority` and `spec.preemptionPolicy`; an unknown class is 403, a
+/// priority set by hand that differs from the class's is 403, as in Kubernetes.
+async fn admit_priority<B: Backend>(api: &Api<B>, pod: &mut Value) -> Result<(), ApiError> {
+    let res = resources::find("scheduling.k8s.io", "v1", "priorityclasses")
+        .expect("priorityclasses are served");
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let forbidden =
+        |why: String| ApiError::Forbidden(format!("pods \"{name}\" is forbidden: {why}"));
+    let wanted = pod
+        .pointer("/spec/priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+        .map(String::from);
+    let class = match &wanted {
+        Some(c) => match api.storage.get(res, None, c).await {
+            Ok(pc) => Some(pc),
+            Err(ApiError::NotFound { .. }) => {
+                return Err(forbidden(format!(
+                    "no PriorityClass with name {c} was found"
+                )))
+            }
+            Err(e) => return Err(e),
+        },
+        None => {
+            let cached = api.caches.current(res).map(|c| c.list(None).0);
+            let classes: Vec<Value> = match cached {
+                Some(items) => items.into_iter().map(|o| o.value.clone()).collect(),
+                None => api.storage.list(res, None).await?.0,
+            };
+            classes
+                .into_iter()
+                .find(|pc| pc.get("globalDefault") == Some(&json!(true)))
+        }
+    };
+    let (value, policy) = match &class {
+        Some(pc) => (
+            pc.get("value").and_then(Value::as_i64).unwrap_or(0),
+            pc.get("preemptionPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("PreemptLowerPriority")
+                .to_string(),
+        ),
+        None => (0, "PreemptLowerPriority".to_string()),
+    };
+    if let Some(given) = pod.pointer("/spec/priority").and_then(Value::as_i64) {
+        if given != value {
+            return Err(forbidden(format!(
+                "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+            )));
+        }
+    }
+    if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("priority".into(), json!(value));
+        spec.entry("preemptionPolicy").or_insert(json!(policy));
+        if let (Some(pc), None) = (&class, &wanted) {
+            spec.insert("priorityClassName".into(), pc["metadata"]["name"].clone());
+        }
+    }
+    Ok(())
 }
 
 /// Whether a namespace still has `spec.finalizers` (only `finalize` removes them).

@@ -195,6 +195,15 @@ pub const RESOURCES: &[Resource] = &[
         &[],
     ),
     r(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        "priorityclass",
+        false,
+        &["pc"],
+    ),
+    r(
         "rbac.authorization.k8s.io",
         "v1",
         "Role",
@@ -285,7 +294,8 @@ mod tests {
         let gvs = group_versions();
         assert_eq!(gvs[0], ("", "v1"));
         assert!(gvs.contains(&("rbac.authorization.k8s.io", "v1")));
-        assert_eq!(gvs.len(), 7);
+        assert_eq!(gvs.len(), 8);
+        assert!(gvs.contains(&("scheduling.k8s.io", "v1")));
         // Plurals are unique within a group version (URLs and store keys rely on it).
         for (g, v) in gvs {
             let mut plurals: Vec<_> = in_group_version(g, v).map(|r| r.plural).collect();

@@ -50,6 +50,13 @@ fn columns(kind: &str) -> Vec<Column> {
             age,
         ],
         "StatefulSet" => vec![name, col("Ready", "string"), age],
+        "PriorityClass" => vec![
+            name,
+            col("Value", "integer"),
+            col("Global-Default", "boolean"),
+            age,
+            col("PreemptionPolicy", "string"),
+        ],
         "DaemonSet" => vec![
             name,
             col("Desired", "integer"),
@@ -259,6 +266,16 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(n(o, "/status/updatedReplicas")),
             json!(n(o, "/status/availableReplicas")),
             age,
+        ],
+        "PriorityClass" => vec![
+            name,
+            json!(n(o, "/value")),
+            json!(o.get("globalDefault") == Some(&json!(true))),
+            age,
+            json!(o
+                .get("preemptionPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("PreemptLowerPriority")),
         ],
         "StatefulSet" => vec![
             name,

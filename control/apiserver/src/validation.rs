@@ -36,6 +36,7 @@ fn typed(kind: &str, obj: &Value) -> Option<Result<Value, String>> {
         "DaemonSet" => round_trip::<apps::DaemonSet>(obj),
         "StatefulSet" => round_trip::<apps::StatefulSet>(obj),
         "ControllerRevision" => round_trip::<apps::ControllerRevision>(obj),
+        "PriorityClass" => round_trip::<k8s_openapi::api::scheduling::v1::PriorityClass>(obj),
         "Job" => round_trip::<batch::Job>(obj),
         "CronJob" => round_trip::<batch::CronJob>(obj),
         "Lease" => round_trip::<coordination::Lease>(obj),

@@ -30,6 +30,11 @@ impl std::ops::SubAssign for Resources {
     }
 }
 
+/// `pod`'s requests, from the cycle state when the cycle put them there.
+pub fn requested_in(state: &crate::framework::CycleState, pod: &Pod) -> Resources {
+    state.pod_requests.unwrap_or_else(|| requested(pod))
+}
+
 /// Parses a Kubernetes quantity (`100m`, `2`, `0.5`, `64Mi`, `1G`, `1e3`) scaled by `scale`
 /// (1000 for millicores, 1 for bytes); `None` if it is not a quantity.
 pub fn parse(q: &str, scale: f64) -> Option<u64> {

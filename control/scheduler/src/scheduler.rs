@@ -16,31 +16,27 @@
 //! a node changes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::framework::{run_filters, Filter, NodeInfo};
-use crate::plugins::{self, node_resources_fit};
+use crate::framework::{
+    run_filters, Code, CycleState, Framework, NodeInfo, Nomination, Permit, Snapshot, Status,
+};
+use crate::plugins::default_preemption::priority;
+use crate::plugins::inter_pod_affinity::has_required_anti_affinity;
+use crate::plugins::{self};
 use crate::resources::{requested, Resources};
 
 /// The scheduler name pods choose us by (or leave empty).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
-
-/// The filters of the default profile, in order.
-pub const DEFAULT_FILTERS: &[&str] = &[
-    "NodeUnschedulable",
-    "NodeName",
-    "TaintToleration",
-    "NodeAffinity",
-    "NodeResourcesFit",
-];
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -53,17 +49,27 @@ struct Pending {
     reported: Option<String>,
 }
 
+/// What is placed on one node (also for nodes not seen yet).
+#[derive(Debug, Default)]
+struct Usage {
+    requested: Resources,
+    pods: Vec<Arc<Pod>>,
+    required_anti_affinity: usize,
+}
+
 /// What the scheduler knows.
 #[derive(Debug, Default)]
 pub struct Cache {
-    /// The nodes with their requests, in a vector the rounds scan without copying.
+    /// The nodes with their requests and pods, in a vector the rounds scan without copying.
     nodes: Vec<NodeInfo>,
     /// Node name → index in `nodes`.
     index: HashMap<String, usize>,
-    /// Pods on nodes, bound or assumed: uid → (node, requests).
-    placed: HashMap<String, (String, Resources)>,
-    /// Requests per node name (also for nodes not seen yet).
-    usage: HashMap<String, Resources>,
+    /// Pods on nodes, bound or assumed: uid → node.
+    placed: HashMap<String, String>,
+    /// What is placed per node name.
+    usage: HashMap<String, Usage>,
+    /// How many placed pods have required anti-affinity terms.
+    required_anti_affinity: usize,
     pending: BTreeMap<String, Pending>,
     /// Pods whose bind is in flight (uid → pod): assumed on their node, not pending.
     binding: HashMap<String, Pod>,
@@ -100,26 +106,64 @@ pub fn nodes_to_find(all: usize) -> usize {
 
 impl Cache {
     fn set_usage(&mut self, node: &str) {
-        let used = self.usage.get(node).copied().unwrap_or_default();
-        if let Some(&i) = self.index.get(node) {
-            self.nodes[i].requested = used;
+        let Some(&i) = self.index.get(node) else {
+            return;
+        };
+        let info = &mut self.nodes[i];
+        match self.usage.get(node) {
+            Some(u) => {
+                info.requested = u.requested;
+                info.pods.clone_from(&u.pods);
+                info.required_anti_affinity = u.required_anti_affinity;
+            }
+            None => {
+                info.requested = Resources::default();
+                info.pods.clear();
+                info.required_anti_affinity = 0;
+            }
         }
     }
 
     fn unplace(&mut self, uid: &str) {
-        if let Some((node, r)) = self.placed.remove(uid) {
-            if let Some(u) = self.usage.get_mut(&node) {
-                *u -= r;
+        let Some(node) = self.placed.remove(uid) else {
+            return;
+        };
+        if let Some(u) = self.usage.get_mut(&node) {
+            if let Some(i) = u
+                .pods
+                .iter()
+                .position(|p| p.metadata.uid.as_deref() == Some(uid))
+            {
+                let gone = u.pods.swap_remove(i);
+                u.requested -= requested(&gone);
+                if has_required_anti_affinity(&gone) {
+                    u.required_anti_affinity -= 1;
+                    self.required_anti_affinity -= 1;
+                }
             }
-            self.set_usage(&node);
         }
+        self.set_usage(&node);
     }
 
-    fn place(&mut self, uid: &str, node: &str, r: Resources) {
+    fn place(&mut self, uid: &str, node: &str, pod: Arc<Pod>) {
         self.unplace(uid);
-        *self.usage.entry(node.to_string()).or_default() += r;
-        self.placed.insert(uid.to_string(), (node.to_string(), r));
+        let u = self.usage.entry(node.to_string()).or_default();
+        u.requested += requested(&pod);
+        if has_required_anti_affinity(&pod) {
+            u.required_anti_affinity += 1;
+            self.required_anti_affinity += 1;
+        }
+        u.pods.push(pod);
+        self.placed.insert(uid.to_string(), node.to_string());
         self.set_usage(node);
+    }
+
+    /// What a cycle sees.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            nodes: &self.nodes,
+            any_required_anti_affinity: self.required_anti_affinity > 0,
+        }
     }
 
     /// Takes in a pod as the watch shows it.
@@ -142,7 +186,7 @@ impl Cache {
             Some(node) => {
                 self.pending.remove(&uid);
                 self.binding.remove(&uid);
-                self.place(&uid, &node, requested(&pod));
+                self.place(&uid, &node, Arc::new(pod));
             }
             // Assumed and being bound: an older version of the pod changes nothing.
             None if self.binding.contains_key(&uid) => {}
@@ -168,12 +212,23 @@ impl Cache {
         }
     }
 
-    /// Forgets a deleted pod.
+    /// Forgets a deleted pod; room may have come free, so every pending pod is retried.
     pub fn forget_pod(&mut self, pod: &Pod) {
         if let Some(uid) = pod.metadata.uid.as_deref() {
+            let was_placed = self.placed.contains_key(uid);
             self.unplace(uid);
             self.pending.remove(uid);
             self.binding.remove(uid);
+            if was_placed {
+                self.retry_all();
+            }
+        }
+    }
+
+    fn retry_all(&mut self) {
+        let now = Instant::now();
+        for p in self.pending.values_mut() {
+            p.not_before = now;
         }
     }
 
@@ -183,25 +238,22 @@ impl Cache {
             return;
         };
         if present {
-            let mut info = NodeInfo::new(node);
-            info.requested = self.usage.get(&name).copied().unwrap_or_default();
+            let info = NodeInfo::new(node);
             match self.index.get(&name) {
                 Some(&i) => self.nodes[i] = info,
                 None => {
-                    self.index.insert(name, self.nodes.len());
+                    self.index.insert(name.clone(), self.nodes.len());
                     self.nodes.push(info);
                 }
             }
+            self.set_usage(&name);
         } else if let Some(i) = self.index.remove(&name) {
             self.nodes.swap_remove(i);
             if let Some(moved) = self.nodes.get(i) {
                 self.index.insert(moved.name().to_string(), i);
             }
         }
-        let now = Instant::now();
-        for p in self.pending.values_mut() {
-            p.not_before = now;
-        }
+        self.retry_all();
     }
 
     /// The bind of `uid` failed: back to the queue (with backoff), unassumed.
@@ -220,56 +272,131 @@ impl Cache {
             backoff(self, uid);
         }
     }
+
+    /// Whether `pod` already preempted and its victims are still terminating on its
+    /// nominated node (then it waits rather than preempting again).
+    fn awaiting_victims(&self, pod: &Pod) -> bool {
+        let Some(node) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+        else {
+            return false;
+        };
+        let mine = priority(pod);
+        self.usage.get(node).is_some_and(|u| {
+            u.pods
+                .iter()
+                .any(|q| q.metadata.deletion_timestamp.is_some() && priority(q) < mine)
+        })
+    }
 }
 
-/// Where `pod` should go among `nodes`, scanning from `start` (wrapping) and stopping after
-/// `to_find` feasible nodes: the feasible node with the best score, or the FailedScheduling
-/// message (`0/N nodes are available: …`). Also returns how many nodes were scanned.
+/// The outcome of one pod's cycle.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// The best feasible node.
+    Fits(String),
+    /// No node fits: the FailedScheduling message (`0/N nodes are available: …`) and, if
+    /// preemption found room, where and at whose expense.
+    Fails(String, Option<Nomination>),
+}
+
+/// Runs `framework`'s cycle for `pod` over the snapshot's nodes, scanning from `start`
+/// (wrapping) and stopping after `to_find` feasible nodes. Returns the outcome and how many
+/// nodes were scanned. PostFilter (preemption) runs only if `may_preempt`.
 pub fn decide(
-    filters: &[Box<dyn Filter>],
+    framework: &Framework,
     pod: &Pod,
-    nodes: &[NodeInfo],
+    snapshot: &Snapshot,
     start: usize,
     to_find: usize,
-) -> (Result<String, String>, usize) {
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Option<(u64, u64, &NodeInfo)> = None;
-    let mut feasible = 0;
-    let mut scanned = 0;
+    may_preempt: bool,
+) -> (Outcome, usize) {
+    let nodes = snapshot.nodes;
+    let mut state = CycleState::default();
+    state.pod_requests = Some(requested(pod));
     let n = nodes.len();
-    for k in 0..n {
-        if feasible >= to_find.max(1) {
-            break;
+    let pre = framework.run_pre_filters(&mut state, pod, snapshot);
+    let mut feasible: Vec<&NodeInfo> = Vec::new();
+    let mut rejected: Vec<(usize, Status)> = Vec::new();
+    let mut scanned = 0;
+    let filters = match &pre {
+        Ok(skipped) => framework.active_filters(skipped),
+        Err(_) => framework.filters.clone(),
+    };
+    match &pre {
+        Ok(_) => {
+            for k in 0..n {
+                if feasible.len() >= to_find.max(1) {
+                    break;
+                }
+                let i = (start + k) % n;
+                scanned += 1;
+                let status = run_filters(&filters, &state, pod, &nodes[i]);
+                if status.is_success() {
+                    feasible.push(&nodes[i]);
+                } else {
+                    rejected.push((i, status));
+                }
+            }
         }
-        let info = &nodes[(start + k) % n];
-        scanned += 1;
-        let status = run_filters(filters, pod, info);
-        if !status.is_success() {
-            *reasons.entry(status.reason).or_default() += 1;
-            continue;
-        }
-        feasible += 1;
-        let score = node_resources_fit::score(pod, info);
-        // Ties go to the node with fewer pods, spreading pods out.
-        let key = (score, u64::MAX - info.requested.pods);
-        if best.is_none_or(|(s, p, _)| key > (s, p)) {
-            best = Some((key.0, key.1, info));
-        }
+        Err(status) => rejected = (0..n).map(|i| (i, status.clone())).collect(),
     }
-    if let Some((_, _, info)) = best {
-        return (Ok(info.name().to_string()), scanned);
+    if !feasible.is_empty() {
+        let skipped = framework.run_pre_scores(&mut state, pod, snapshot, &feasible);
+        let totals = framework.run_scores(&state, pod, &feasible, &skipped);
+        // The best total; ties go to the node with fewer pods, then the first scanned.
+        let best = feasible
+            .iter()
+            .zip(&totals)
+            .enumerate()
+            .max_by_key(|(k, (info, total))| {
+                (
+                    **total,
+                    u64::MAX - info.requested.pods,
+                    std::cmp::Reverse(*k),
+                )
+            })
+            .map(|(_, (info, _))| info.name().to_string())
+            .unwrap_or_default();
+        return (Outcome::Fits(best), scanned);
+    }
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, s) in &rejected {
+        *reasons.entry(s.reason.clone()).or_default() += 1;
     }
     let detail = reasons
         .iter()
         .map(|(reason, n)| format!("{n} {reason}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let message = if nodes.is_empty() {
+    let mut message = if nodes.is_empty() {
         "0/0 nodes are available: no nodes registered.".to_string()
     } else {
-        format!("0/{} nodes are available: {detail}.", nodes.len())
+        format!("0/{n} nodes are available: {detail}.")
     };
-    (Err(message), scanned)
+    let mut nomination = None;
+    let resolvable = pre
+        .as_ref()
+        .err()
+        .is_none_or(|s| s.code != Code::UnschedulableAndUnresolvable);
+    if may_preempt && resolvable && !framework.post_filters.is_empty() {
+        let statuses: HashMap<String, Status> = rejected
+            .into_iter()
+            .map(|(i, s)| (nodes[i].name().to_string(), s))
+            .collect();
+        nomination = framework
+            .post_filters
+            .iter()
+            .find_map(|p| p.post_filter(&state, pod, snapshot, &statuses, &filters));
+        if nomination.is_none() {
+            message.push_str(&format!(
+                " preemption: 0/{n} nodes are available: {n} No preemption victims found for incoming pod."
+            ));
+        }
+    }
+    (Outcome::Fails(message, nomination), scanned)
 }
 
 /// How many binds may be in flight at once.
@@ -280,8 +407,7 @@ type BindResult = (String, Result<(), kube::Error>);
 
 /// Runs the scheduler (the leader's work) until its watches end or a bind is fenced.
 pub async fn run(client: kube::Client) {
-    let filters = plugins::registry()
-        .filters(DEFAULT_FILTERS)
+    let framework = Framework::new(&plugins::registry(), &plugins::default_profile())
         .expect("the default profile names built-in plugins");
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
@@ -355,31 +481,34 @@ pub async fn run(client: kube::Client) {
                 }
             },
             _ = &mut recorder => {}
-            _ = tick.tick() => schedule_due(&client, &filters, &mut cache, &mut binds, &events).await,
+            _ = tick.tick() => schedule_due(&client, &framework, &mut cache, &mut binds, &events).await,
         }
     }
 }
 
-/// One round over the pods whose backoff has passed: each is decided in turn (and assumed
-/// on its node at once), and its bind starts in the background.
+/// One round over the pods whose backoff has passed, most important first: each is decided
+/// in turn (and assumed on its node at once — the Reserve step), Permit plugins have their
+/// say, and its bind starts in the background. A pod that fits nowhere may preempt.
 async fn schedule_due(
     client: &kube::Client,
-    filters: &[Box<dyn Filter>],
+    framework: &Framework,
     cache: &mut Cache,
     binds: &mut tokio::task::JoinSet<BindResult>,
     events: &tokio::sync::mpsc::Sender<(Pod, String)>,
 ) {
     let now = Instant::now();
     let room = MAX_BINDS_IN_FLIGHT.saturating_sub(binds.len());
-    let due: Vec<String> = cache
+    let mut due: Vec<(i32, String)> = cache
         .pending
         .iter()
         .filter(|(_, p)| p.not_before <= now)
-        .map(|(uid, _)| uid.clone())
-        .take(room)
+        .map(|(uid, p)| (priority(&p.pod), uid.clone()))
         .collect();
+    // Higher priority first (stable: the rest keep their order).
+    due.sort_by_key(|(prio, _)| std::cmp::Reverse(*prio));
+    due.truncate(room);
     let to_find = nodes_to_find(cache.nodes.len());
-    for uid in due {
+    for (_, uid) in due {
         let Some(pending) = cache.pending.get(&uid) else {
             continue;
         };
@@ -390,26 +519,68 @@ async fn schedule_due(
             continue;
         };
         let start = cache.next_start;
-        let (decision, scanned) = decide(filters, &pod, &cache.nodes, start, to_find);
+        let may_preempt = !cache.awaiting_victims(&pod);
+        let (outcome, scanned) = decide(
+            framework,
+            &pod,
+            &cache.snapshot(),
+            start,
+            to_find,
+            may_preempt,
+        );
         if !cache.nodes.is_empty() {
             cache.next_start = (start + scanned) % cache.nodes.len();
         }
-        match decision {
-            Ok(node) => {
-                cache.place(&uid, &node, requested(&pod));
+        match outcome {
+            Outcome::Fits(node) => {
+                let state = CycleState::default();
+                // Reserve: the assume-cache, then the profile's Reserve plugins.
+                let shared = Arc::new(pod.clone());
+                cache.place(&uid, &node, shared.clone());
+                let refused = framework
+                    .reserves
+                    .iter()
+                    .map(|r| r.reserve(&state, &pod, &node))
+                    .find(|s| !s.is_success())
+                    .map(|s| s.reason)
+                    .or_else(|| {
+                        framework
+                            .permits
+                            .iter()
+                            .find_map(|p| match p.permit(&state, &pod, &node) {
+                                Permit::Allow => None,
+                                Permit::Deny(reason) => Some(reason),
+                                Permit::Wait(after) => {
+                                    Some(format!("waiting {after:?} for permission"))
+                                }
+                            })
+                    });
+                if let Some(reason) = refused {
+                    for r in &framework.reserves {
+                        r.unreserve(&state, &pod, &node);
+                    }
+                    cache.unplace(&uid);
+                    tracing::debug!(pod = %name, %reason, "scheduler: not bound now");
+                    backoff(cache, &uid);
+                    continue;
+                }
                 cache.pending.remove(&uid);
                 cache.binding.insert(uid.clone(), pod.clone());
+                let Some(binder) = framework.binder.clone() else {
+                    tracing::warn!("scheduler: the profile has no Bind plugin");
+                    continue;
+                };
                 let client = client.clone();
                 let events = events.clone();
                 binds.spawn(async move {
-                    let r = bind(&client, &ns, &name, &uid, &node).await;
+                    let r = binder.bind(client, shared, node.clone()).await;
                     if r.is_ok() {
                         let _ = events.try_send((pod, node));
                     }
                     (uid, r)
                 });
             }
-            Err(message) => {
+            Outcome::Fails(message, nomination) => {
                 let repeat = cache.pending.get(&uid).and_then(|p| p.reported.as_deref())
                     == Some(message.as_str());
                 if !repeat {
@@ -418,8 +589,50 @@ async fn schedule_due(
                         p.reported = Some(message);
                     }
                 }
+                if let Some(n) = nomination {
+                    preempt(client, &pod, &ns, &name, n).await;
+                }
                 backoff(cache, &uid);
             }
+        }
+    }
+}
+
+/// Carries out a preemption: `pod` is nominated to the node (`status.nominatedNodeName`) and
+/// the victims are deleted (gracefully), each with a `Preempted` event.
+async fn preempt(client: &kube::Client, pod: &Pod, ns: &str, name: &str, n: Nomination) {
+    let status = json!({"status": {"nominatedNodeName": n.node}});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    if let Err(e) = pods
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+    {
+        tracing::debug!(error = %e, "scheduler: nominating");
+    }
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    for victim in &n.victims {
+        let (Some(vns), Some(vname)) = (
+            victim.metadata.namespace.as_deref(),
+            victim.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
+        let api: Api<Pod> = Api::namespaced(client.clone(), vns);
+        match api.delete(vname, &DeleteParams::default()).await {
+            Ok(_) => {
+                let about = flotilla_controllers::events::reference("v1", "Pod", &victim.metadata);
+                flotilla_controllers::events::record(
+                    client,
+                    SCHEDULER_NAME,
+                    &about,
+                    flotilla_controllers::events::Kind::Normal,
+                    "Preempted",
+                    &format!("Preempted by pod {uid} on node {}", n.node),
+                )
+                .await;
+                tracing::info!(victim = vname, preemptor = name, node = %n.node, "scheduler: preempted");
+            }
+            Err(e) => tracing::warn!(victim = vname, error = %e, "scheduler: preempting"),
         }
     }
 }
@@ -433,29 +646,6 @@ fn backoff(cache: &mut Cache, uid: &str) {
             .min(MAX_BACKOFF);
         p.not_before = Instant::now() + delay;
     }
-}
-
-async fn bind(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    uid: &str,
-    node: &str,
-) -> Result<(), kube::Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let binding = json!({
-        "apiVersion": "v1", "kind": "Binding",
-        "metadata": {"name": name, "namespace": ns, "uid": uid},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-    });
-    pods.create_subresource::<_, serde_json::Value>(
-        "binding",
-        name,
-        &PostParams::default(),
-        &binding,
-    )
-    .await
-    .map(|_| ())
 }
 
 /// A FailedScheduling event and the PodScheduled=False condition, as Kubernetes reports them.
@@ -502,7 +692,7 @@ pub async fn run_elected(
         connect,
         identity,
         shutdown,
-        |lead: leader::Leadership| async move { run(lead.client).await },
+        |lead: leader::Leadership| async move { Box::pin(run(lead.client)).await },
     )
     .await
 }
@@ -529,9 +719,26 @@ mod tests {
         .unwrap()
     }
 
+    fn framework() -> Framework {
+        Framework::new(&plugins::registry(), &plugins::default_profile()).unwrap()
+    }
+
+    fn pick(
+        f: &Framework,
+        cache: &Cache,
+        p: &Pod,
+        start: usize,
+        to_find: usize,
+    ) -> (Result<String, String>, usize) {
+        match decide(f, p, &cache.snapshot(), start, to_find, false) {
+            (Outcome::Fits(n), scanned) => (Ok(n), scanned),
+            (Outcome::Fails(m, _), scanned) => (Err(m), scanned),
+        }
+    }
+
     #[test]
     fn the_assume_cache_keeps_consecutive_pods_from_overcommitting_a_node() {
-        let filters = plugins::registry().filters(DEFAULT_FILTERS).unwrap();
+        let filters = framework();
         let mut cache = Cache::default();
         cache.observe_node(node("small", "1"), true);
         cache.observe_node(node("big", "2"), true);
@@ -540,9 +747,9 @@ mod tests {
         for uid in ["a", "b", "c"] {
             let p = pod(uid, "1", None);
             cache.observe_pod(p.clone());
-            match decide(&filters, &p, &cache.nodes, 0, usize::MAX).0 {
+            match pick(&filters, &cache, &p, 0, usize::MAX).0 {
                 Ok(n) => {
-                    cache.place(uid, &n, requested(&p));
+                    cache.place(uid, &n, Arc::new(p.clone()));
                     cache.pending.remove(uid);
                     placed.push(n);
                 }
@@ -554,15 +761,13 @@ mod tests {
         assert_eq!(placed[2], "big");
         let p = pod("d", "1", None);
         assert_eq!(
-            decide(&filters, &p, &cache.nodes, 0, usize::MAX)
-                .0
-                .unwrap_err(),
+            pick(&filters, &cache, &p, 0, usize::MAX).0.unwrap_err(),
             "0/2 nodes are available: 2 Insufficient cpu."
         );
         // The pod on small goes away: room again.
         cache.forget_pod(&pod("b", "1", Some("small")));
         assert_eq!(
-            decide(&filters, &p, &cache.nodes, 0, usize::MAX).0.unwrap(),
+            pick(&filters, &cache, &p, 0, usize::MAX).0.unwrap(),
             "small"
         );
     }
@@ -573,14 +778,14 @@ mod tests {
         assert_eq!(nodes_to_find(1000), 420);
         assert_eq!(nodes_to_find(5000), 500);
         assert_eq!(nodes_to_find(100_000), 5000);
-        let filters = plugins::registry().filters(DEFAULT_FILTERS).unwrap();
+        let filters = framework();
         let mut cache = Cache::default();
         for i in 0..10 {
             cache.observe_node(node(&format!("n{i}"), "4"), true);
         }
         let p = pod("x", "1", None);
         // Stopping after 3 feasible nodes from index 8: n8, n9, n0 scanned.
-        let (chosen, scanned) = decide(&filters, &p, &cache.nodes, 8, 3);
+        let (chosen, scanned) = pick(&filters, &cache, &p, 8, 3);
         assert_eq!(scanned, 3);
         assert!(["n8", "n9", "n0"].contains(&chosen.unwrap().as_str()));
         // A node that goes keeps the index consistent.
@@ -598,14 +803,14 @@ mod tests {
         assert_eq!(cache.pending.len(), 1);
         cache.observe_pod(pod("a", "1", Some("n")));
         assert!(cache.pending.is_empty());
-        assert_eq!(cache.usage["n"].milli_cpu, 1000);
+        assert_eq!(cache.usage["n"].requested.milli_cpu, 1000);
         let mut done = pod("a", "1", Some("n"));
         done.status = Some(k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Succeeded".into()),
             ..Default::default()
         });
         cache.observe_pod(done);
-        assert_eq!(cache.usage["n"].milli_cpu, 0);
+        assert_eq!(cache.usage["n"].requested.milli_cpu, 0);
         let mut other = pod("b", "1", None);
         other.spec.as_mut().unwrap().scheduler_name = Some("someone-else".into());
         cache.observe_pod(other);

@@ -407,6 +407,11 @@ async fn act(
     let ip = ips.lock().unwrap_or_else(|e| e.into_inner()).for_pod(&uid);
     let mut updated = pod.clone();
     updated.status = serde_json::from_value(running_status(pod, &ip, host_ip)).ok();
+    // What others own in the status stays, as a kubelet keeps it: the scheduler's
+    // nomination.
+    if let (Some(new), Some(old)) = (updated.status.as_mut(), pod.status.as_ref()) {
+        new.nominated_node_name.clone_from(&old.nominated_node_name);
+    }
     if let Err(e) = pods
         .replace_status(&name, &PostParams::default(), &updated)
         .await

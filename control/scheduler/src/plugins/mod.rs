@@ -1,22 +1,75 @@
-//! The built-in plugins, one file each.
+//! The built-in plugins, one file each, and the default profile.
 
+pub mod balanced_allocation;
+pub mod default_binder;
+pub mod default_preemption;
+pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_name;
 pub mod node_resources_fit;
 pub mod node_unschedulable;
+pub mod pod_topology_spread;
 pub mod taint_toleration;
 
-use crate::framework::Registry;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::framework::{Profile, Registry};
 
 /// A registry holding every built-in plugin.
 pub fn registry() -> Registry {
     let mut r = Registry::default();
-    r.register_filter(node_name::NAME, node_name::new);
-    r.register_filter(node_unschedulable::NAME, node_unschedulable::new);
-    r.register_filter(node_affinity::NAME, node_affinity::new);
-    r.register_filter(node_resources_fit::NAME, node_resources_fit::new);
-    r.register_filter(taint_toleration::NAME, taint_toleration::new);
+    r.register(node_name::NAME, node_name::new);
+    r.register(node_unschedulable::NAME, node_unschedulable::new);
+    r.register(node_affinity::NAME, node_affinity::new);
+    r.register(node_resources_fit::NAME, node_resources_fit::new);
+    r.register(taint_toleration::NAME, taint_toleration::new);
+    r.register(inter_pod_affinity::NAME, inter_pod_affinity::new);
+    r.register(pod_topology_spread::NAME, pod_topology_spread::new);
+    r.register(balanced_allocation::NAME, balanced_allocation::new);
+    r.register(default_preemption::NAME, default_preemption::new);
+    r.register(default_binder::NAME, default_binder::new);
     r
+}
+
+/// Kubernetes' default profile: its plugins in order, with its score weights.
+pub fn default_profile() -> Profile {
+    Profile {
+        scheduler_name: crate::scheduler::SCHEDULER_NAME,
+        plugins: vec![
+            (node_unschedulable::NAME, 0),
+            (node_name::NAME, 0),
+            (taint_toleration::NAME, 0),
+            (node_affinity::NAME, 2),
+            (node_resources_fit::NAME, 1),
+            (pod_topology_spread::NAME, 2),
+            (inter_pod_affinity::NAME, 2),
+            (balanced_allocation::NAME, 1),
+            (default_preemption::NAME, 0),
+            (default_binder::NAME, 0),
+        ],
+    }
+}
+
+/// Whether a label selector selects `labels` (an empty selector selects everything).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    by_label
+        && selector.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let have = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => have.is_some_and(|v| values.contains(v)),
+                "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                _ => false,
+            }
+        })
 }
 
 #[cfg(test)]
@@ -40,7 +93,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framework::{run_filters, Code};
+    use crate::framework::{run_filters, Code, CycleState, Framework};
 
     #[test]
     fn profiles_pick_plugins_by_name() {
@@ -50,14 +103,30 @@ mod tests {
         pod.spec.as_mut().unwrap().node_name = Some("other".into());
         let s = run_filters(
             &filters,
+            &CycleState::default(),
             &pod,
             &crate::framework::NodeInfo::new(testing::node("n1")),
         );
         assert_eq!(s.code, Code::UnschedulableAndUnresolvable);
         let err = r.filters(&["Nope"]).err().unwrap();
         assert!(
-            err.contains("known: NodeAffinity, NodeName, NodeResourcesFit"),
+            err.contains("InterPodAffinity, NodeAffinity, NodeName"),
             "{err}"
         );
+        let f = Framework::new(&r, &default_profile()).unwrap();
+        assert_eq!(f.filters.len(), 7);
+        assert_eq!(f.scores.len(), 5);
+        assert_eq!(f.post_filters.len(), 1);
+        assert!(f.binder.is_some());
+    }
+
+    #[test]
+    fn empty_selectors_select_everything_expressions_narrow() {
+        let labels: BTreeMap<String, String> = [("app".into(), "web".into())].into();
+        assert!(selector_matches(&LabelSelector::default(), &labels));
+        let s: LabelSelector = serde_json::from_value(serde_json::json!({"matchExpressions": [
+            {"key": "app", "operator": "NotIn", "values": ["db"]}, {"key": "tier", "operator": "DoesNotExist"}]}))
+        .unwrap();
+        assert!(selector_matches(&s, &labels));
     }
 }

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
+use crate::framework::{Built, Code, CycleState, Filter, NodeInfo, Plugin, Status};
 
 /// The plugin's registered name.
 pub const NAME: &str = "NodeName";
@@ -15,8 +15,11 @@ pub const REASON: &str = "node(s) didn't match the requested node name";
 pub struct NodeName;
 
 /// Builds the plugin.
-pub fn new() -> Box<dyn Filter> {
-    Box::new(NodeName)
+pub fn new() -> Built {
+    Built {
+        filter: Some(std::sync::Arc::new(NodeName)),
+        ..Default::default()
+    }
 }
 
 /// Whether `pod` may run on `node` as far as `spec.nodeName` goes.
@@ -34,7 +37,7 @@ impl Plugin for NodeName {
 }
 
 impl Filter for NodeName {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
+    fn filter(&self, _state: &CycleState, pod: &Pod, node: &NodeInfo) -> Status {
         Status::fits_or(
             fits(pod, &node.node),
             Code::UnschedulableAndUnresolvable,

@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
-use crate::resources::requested;
+use crate::framework::{Built, Code, CycleState, Filter, NodeInfo, Plugin, Score, Status};
+use crate::resources::{requested, requested_in, Resources};
 
 /// The plugin's registered name.
 pub const NAME: &str = "NodeResourcesFit";
@@ -14,13 +14,22 @@ pub const NAME: &str = "NodeResourcesFit";
 pub struct NodeResourcesFit;
 
 /// Builds the plugin.
-pub fn new() -> Box<dyn Filter> {
-    Box::new(NodeResourcesFit)
+pub fn new() -> Built {
+    let p = std::sync::Arc::new(NodeResourcesFit);
+    Built {
+        filter: Some(p.clone()),
+        score: Some(p),
+        ..Default::default()
+    }
 }
 
 /// Why `pod` does not fit on `node`, with Kubernetes' wording; `None` if it fits.
 pub fn misfit(pod: &Pod, node: &NodeInfo) -> Option<&'static str> {
-    let want = requested(pod);
+    misfit_of(requested(pod), node)
+}
+
+/// Why requests `want` do not fit on `node`; `None` if they fit.
+fn misfit_of(want: Resources, node: &NodeInfo) -> Option<&'static str> {
     let have = node.allocatable;
     let used = node.requested;
     if used.pods + want.pods > have.pods {
@@ -37,7 +46,10 @@ pub fn misfit(pod: &Pod, node: &NodeInfo) -> Option<&'static str> {
 
 /// LeastAllocated: 0–100, higher for a node with more CPU and memory left after the pod.
 pub fn score(pod: &Pod, node: &NodeInfo) -> u64 {
-    let want = requested(pod);
+    score_of(requested(pod), node)
+}
+
+fn score_of(want: Resources, node: &NodeInfo) -> u64 {
     let have = node.allocatable;
     let free = |cap: u64, used: u64| {
         if cap == 0 {
@@ -56,9 +68,15 @@ impl Plugin for NodeResourcesFit {
     }
 }
 
+impl Score for NodeResourcesFit {
+    fn score(&self, state: &CycleState, pod: &Pod, node: &NodeInfo) -> i64 {
+        i64::try_from(score_of(requested_in(state, pod), node)).unwrap_or(0)
+    }
+}
+
 impl Filter for NodeResourcesFit {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
-        match misfit(pod, node) {
+    fn filter(&self, state: &CycleState, pod: &Pod, node: &NodeInfo) -> Status {
+        match misfit_of(requested_in(state, pod), node) {
             // Preemption could help: Unschedulable, not Unresolvable.
             Some(reason) => Status::new(Code::Unschedulable, reason),
             None => Status::success(),
@@ -69,7 +87,6 @@ impl Filter for NodeResourcesFit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::Resources;
     use serde_json::json;
 
     fn node(cpu: &str, mem: &str, pods: &str) -> NodeInfo {
@@ -100,7 +117,9 @@ mod tests {
         n.requested.pods = 3;
         assert_eq!(misfit(&pod("0", "0"), &n), Some("Too many pods"));
         assert_eq!(
-            NodeResourcesFit.filter(&pod("0", "0"), &n).code,
+            NodeResourcesFit
+                .filter(&CycleState::default(), &pod("0", "0"), &n)
+                .code,
             Code::Unschedulable
         );
     }

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
+use crate::framework::{Built, Code, CycleState, Filter, NodeInfo, Plugin, Status};
 
 /// The plugin's registered name.
 pub const NAME: &str = "NodeUnschedulable";
@@ -19,8 +19,11 @@ pub const REASON: &str = "node(s) were unschedulable";
 pub struct NodeUnschedulable;
 
 /// Builds the plugin.
-pub fn new() -> Box<dyn Filter> {
-    Box::new(NodeUnschedulable)
+pub fn new() -> Built {
+    Built {
+        filter: Some(std::sync::Arc::new(NodeUnschedulable)),
+        ..Default::default()
+    }
 }
 
 /// Whether `pod` may run on `node` as far as cordoning goes.
@@ -55,7 +58,7 @@ impl Plugin for NodeUnschedulable {
 }
 
 impl Filter for NodeUnschedulable {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
+    fn filter(&self, _state: &CycleState, pod: &Pod, node: &NodeInfo) -> Status {
         Status::fits_or(
             fits(pod, &node.node),
             Code::UnschedulableAndUnresolvable,
@@ -90,7 +93,7 @@ mod tests {
         assert!(fits(&tolerant, &n));
         assert_eq!(
             NodeUnschedulable
-                .filter(&p, &NodeInfo::new(n.clone()))
+                .filter(&CycleState::default(), &p, &NodeInfo::new(n.clone()))
                 .reason,
             "node(s) were unschedulable"
         );

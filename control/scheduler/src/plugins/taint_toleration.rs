@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Pod, Taint};
 
-use crate::framework::{Code, Filter, NodeInfo, Plugin, Status};
+use crate::framework::{Built, Code, CycleState, Filter, NodeInfo, Plugin, Status};
 
 /// The plugin's registered name.
 pub const NAME: &str = "TaintToleration";
@@ -16,8 +16,11 @@ pub const REASON: &str = "node(s) had untolerated taint(s)";
 pub struct TaintToleration;
 
 /// Builds the plugin.
-pub fn new() -> Box<dyn Filter> {
-    Box::new(TaintToleration)
+pub fn new() -> Built {
+    Built {
+        filter: Some(std::sync::Arc::new(TaintToleration)),
+        ..Default::default()
+    }
 }
 
 pub use flotilla_controllers::nodelifecycle::tolerates;
@@ -35,6 +38,16 @@ pub fn untolerated<'a>(pod: &Pod, taints: &'a [Taint]) -> Option<&'a Taint> {
         .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
 }
 
+/// Whether `pod` tolerates every NoSchedule/NoExecute taint of `node`.
+pub fn fits(pod: &Pod, node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
+    untolerated(pod, taints).is_none()
+}
+
 impl Plugin for TaintToleration {
     fn name(&self) -> &'static str {
         NAME
@@ -42,15 +55,9 @@ impl Plugin for TaintToleration {
 }
 
 impl Filter for TaintToleration {
-    fn filter(&self, pod: &Pod, node: &NodeInfo) -> Status {
-        let taints = node
-            .node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_deref())
-            .unwrap_or_default();
+    fn filter(&self, _state: &CycleState, pod: &Pod, node: &NodeInfo) -> Status {
         Status::fits_or(
-            untolerated(pod, taints).is_none(),
+            fits(pod, &node.node),
             Code::UnschedulableAndUnresolvable,
             REASON,
         )
