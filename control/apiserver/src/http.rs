@@ -238,11 +238,11 @@ async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Res
         .get(crate::storage::FENCE_HEADER)
         .map(|v| crate::storage::Fence::parse(v.to_str().unwrap_or("")));
     let served = match fence {
-        None => serve(api, &user, req).await,
+        None => serve_versioned(api, &user, req).await,
         Some(Err(e)) => Err(e),
         Some(Ok(fence)) => {
             crate::storage::FENCE
-                .scope(fence, serve(api, &user, req))
+                .scope(fence, serve_versioned(api, &user, req))
                 .await
         }
     };
@@ -250,6 +250,134 @@ async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Res
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
+}
+
+/// Serves a request, converting those for a version other than the stored one (the
+/// autoscaling/v1 autoscalers; see [`crate::versions`]).
+async fn serve_versioned<B: Backend>(
+    api: Arc<Api<B>>,
+    user: &User,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if !req.uri().path().starts_with(crate::versions::V1_PREFIX) {
+        return serve(api, user, req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path()
+        .replacen(crate::versions::V1_PREFIX, crate::versions::V2_PREFIX, 1);
+    let uri = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    };
+    parts.uri = uri
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("bad path {uri:?}")))?;
+    let watching = parse_query(parts.uri.query())?.watch;
+    let json_type = |parts: &mut axum::http::request::Parts| {
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+    };
+    let body = match parts.method {
+        Method::POST | Method::PUT => {
+            let obj = parse_json(&read_body(body).await?)?;
+            json_type(&mut parts);
+            Body::from(serde_json::to_vec(&crate::versions::hpa_to_v2(obj)).unwrap_or_default())
+        }
+        Method::PATCH => {
+            // The patch applies to the v1 form; the result replaces the stored object.
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/merge-patch+json")
+                .to_string();
+            let patch = parse_json(&read_body(body).await?)?;
+            for _ in 0..5 {
+                let get = Request::builder()
+                    .method(Method::GET)
+                    .uri(path.as_str())
+                    .body(Body::empty())
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                let current = serve(api.clone(), user, get).await?;
+                let current = parse_json(&read_body(current.into_body()).await?)?;
+                let v1 = crate::versions::hpa_to_v1(current);
+                let patched = objects::apply_patch(&content_type, &v1, &patch)?;
+                let mut put = Request::builder()
+                    .method(Method::PUT)
+                    .uri(parts.uri.clone())
+                    .body(Body::from(
+                        serde_json::to_vec(&crate::versions::hpa_to_v2(patched))
+                            .unwrap_or_default(),
+                    ))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                put.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                match serve(api.clone(), user, put).await {
+                    Err(ApiError::Conflict { .. })
+                        if resource_version(&patch_rv(&patch)).unwrap_or(0) == 0 =>
+                    {
+                        continue
+                    }
+                    other => return to_v1(other?, false).await,
+                }
+            }
+            return Err(ApiError::Conflict {
+                kind: "horizontalpodautoscalers.autoscaling".into(),
+                name: path.rsplit('/').next().unwrap_or_default().into(),
+            });
+        }
+        _ => body,
+    };
+    let answer = serve(api, user, Request::from_parts(parts, body)).await?;
+    to_v1(answer, watching).await
+}
+
+/// A v2 autoscaler answer as v1: whole JSON bodies, or each line of a watch.
+async fn to_v1(answer: Response, watching: bool) -> Result<Response, ApiError> {
+    let json = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !json {
+        return Ok(answer);
+    }
+    let (parts, body) = answer.into_parts();
+    let convert = |bytes: &[u8]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(line) {
+                Ok(v) => out.extend(
+                    serde_json::to_vec(&crate::versions::answer_to_v1(v)).unwrap_or_default(),
+                ),
+                Err(_) => out.extend_from_slice(line),
+            }
+            out.push(b'\n');
+        }
+        out
+    };
+    if watching {
+        use tokio_stream::StreamExt;
+        let stream = body
+            .into_data_stream()
+            .map(move |chunk| chunk.map(|b: Bytes| Bytes::from(convert(&b))));
+        return Ok(Response::from_parts(parts, Body::from_stream(stream)));
+    }
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, Body::from(convert(&bytes))))
 }
 
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
@@ -564,6 +692,9 @@ async fn serve<B: Backend>(
             if query.strict {
                 crate::validation::strict(res.kind, &obj)?;
             }
+            if unchanged(&current, &obj) {
+                return Ok(json_response(StatusCode::OK, &current));
+            }
             let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
             let updated = finish_deletion(&api, res, ns.as_deref(), updated).await?;
             Ok(json_response(StatusCode::OK, &updated))
@@ -584,6 +715,9 @@ async fn serve<B: Backend>(
                 )?;
                 if query.strict {
                     crate::validation::strict(res.kind, &obj)?;
+                }
+                if unchanged(&current, &obj) {
+                    return Ok(json_response(StatusCode::OK, &current));
                 }
                 match api.storage.update(res, ns.as_deref(), &obj).await {
                     Err(ApiError::Conflict { .. })
@@ -703,6 +837,31 @@ fn scale_of(obj: &Value) -> Value {
             "selector": labels,
         },
     })
+}
+
+/// Whether `next` would store nothing new over `current` (and names no other
+/// resourceVersion): such an update is answered without a write, so the object keeps its
+/// resourceVersion and watchers see no event — as Kubernetes does, and what keeps
+/// level-triggered controllers that write the same status from waking themselves up.
+fn unchanged(current: &Value, next: &Value) -> bool {
+    let rv = |v: &Value| {
+        v.pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let wanted = rv(next);
+    if !wanted.is_empty() && wanted != rv(current) {
+        return false;
+    }
+    let without_rv = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    without_rv(current) == without_rv(next)
 }
 
 fn patch_rv(patch: &Value) -> Value {
@@ -1411,12 +1570,22 @@ fn version() -> Value {
 }
 
 fn api_groups() -> Value {
-    let groups: Vec<Value> = resources::group_versions()
+    // One entry per group, its versions in order; the first is preferred.
+    let mut groups: Vec<(&str, Vec<Value>)> = Vec::new();
+    for (g, v) in resources::group_versions() {
+        if g.is_empty() {
+            continue;
+        }
+        let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+        match groups.iter_mut().find(|(name, _)| *name == g) {
+            Some((_, versions)) => versions.push(gv),
+            None => groups.push((g, vec![gv])),
+        }
+    }
+    let groups: Vec<Value> = groups
         .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        .map(|(g, versions)| {
+            json!({"name": g, "preferredVersion": versions[0].clone(), "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})

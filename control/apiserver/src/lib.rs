@@ -28,3 +28,4 @@ pub mod table;
 pub mod tls;
 pub mod tokens;
 pub mod validation;
+pub mod versions;

@@ -30,6 +30,16 @@ impl Resource {
         }
     }
 
+    /// The name of the resource in store keys: the plural, except where another group has
+    /// the same plural (the metrics API's `nodes` and `pods`).
+    pub fn store_plural(&self) -> &'static str {
+        match (self.group, self.plural) {
+            ("metrics.k8s.io", "nodes") => "nodes.metrics.k8s.io",
+            ("metrics.k8s.io", "pods") => "pods.metrics.k8s.io",
+            _ => self.plural,
+        }
+    }
+
     /// The URL prefix of the resource's group version (`/api/v1`, `/apis/apps/v1`).
     pub fn group_version_path(&self) -> String {
         if self.group.is_empty() {
@@ -248,6 +258,36 @@ pub const RESOURCES: &[Resource] = &[
         true,
         &["hpa"],
     ),
+    // Also served as autoscaling/v1, converted (stored as v2; see crate::versions).
+    r(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+        &["hpa"],
+    ),
+    // The resource metrics API (what `kubectl top` and the autoscaler read). Node agents
+    // write the objects; the usage of each pod's containers and each node.
+    r(
+        "metrics.k8s.io",
+        "v1beta1",
+        "NodeMetrics",
+        "nodes",
+        "",
+        false,
+        &[],
+    ),
+    r(
+        "metrics.k8s.io",
+        "v1beta1",
+        "PodMetrics",
+        "pods",
+        "",
+        true,
+        &[],
+    ),
 ];
 
 /// The resource `plural` in `group`/`version`.
@@ -294,7 +334,10 @@ mod tests {
         let gvs = group_versions();
         assert_eq!(gvs[0], ("", "v1"));
         assert!(gvs.contains(&("rbac.authorization.k8s.io", "v1")));
-        assert_eq!(gvs.len(), 8);
+        assert_eq!(gvs.len(), 10);
+        let metrics = find("metrics.k8s.io", "v1beta1", "pods").unwrap();
+        assert_eq!(metrics.store_plural(), "pods.metrics.k8s.io");
+        assert_eq!(pods.store_plural(), "pods");
         assert!(gvs.contains(&("scheduling.k8s.io", "v1")));
         // Plurals are unique within a group version (URLs and store keys rely on it).
         for (g, v) in gvs {

@@ -139,6 +139,47 @@ pub fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> Result<(),
                 }
             }
         }
+        "HorizontalPodAutoscaler" => {
+            let mut causes = Vec::new();
+            let max = spec.get("maxReplicas").and_then(Value::as_i64).unwrap_or(0);
+            let min = spec.get("minReplicas").and_then(Value::as_i64);
+            if max < 1 {
+                causes.push((
+                    "spec.maxReplicas".into(),
+                    format!("Invalid value: {max}: must be greater than or equal to 1"),
+                ));
+            }
+            if let Some(min) = min {
+                if min < 1 {
+                    causes.push((
+                        "spec.minReplicas".into(),
+                        format!("Invalid value: {min}: must be greater than or equal to 1"),
+                    ));
+                } else if min > max && max >= 1 {
+                    causes.push((
+                        "spec.maxReplicas".into(),
+                        format!(
+                            "Invalid value: {max}: must be greater than or equal to `minReplicas`"
+                        ),
+                    ));
+                }
+            }
+            for field in ["kind", "name"] {
+                if spec
+                    .pointer(&format!("/scaleTargetRef/{field}"))
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    causes.push((
+                        format!("spec.scaleTargetRef.{field}"),
+                        "Required value".into(),
+                    ));
+                }
+            }
+            if !causes.is_empty() {
+                return Err(invalid(res, name, causes));
+            }
+        }
         "CronJob" => {
             let schedule = spec.get("schedule").and_then(Value::as_str).unwrap_or("");
             let mut causes = Vec::new();
@@ -220,6 +261,23 @@ mod tests {
         renamed["spec"]["serviceName"] = json!("other");
         let e = check(&res("StatefulSet"), &renamed, Some(&s)).unwrap_err();
         assert!(cause(e).starts_with("spec: Forbidden"));
+    }
+
+    #[test]
+    fn autoscalers_need_sane_bounds_and_a_target() {
+        let hpa = |min: i64, max: i64| {
+            json!({"metadata": {"name": "web"}, "spec": {"minReplicas": min, "maxReplicas": max,
+                "scaleTargetRef": {"kind": "Deployment", "name": "web"}}})
+        };
+        check(&res("HorizontalPodAutoscaler"), &hpa(1, 3), None).unwrap();
+        let e = check(&res("HorizontalPodAutoscaler"), &hpa(4, 3), None).unwrap_err();
+        assert!(cause(e).contains("greater than or equal to `minReplicas`"));
+        let e = check(&res("HorizontalPodAutoscaler"), &hpa(1, 0), None).unwrap_err();
+        assert!(cause(e).starts_with("spec.maxReplicas"));
+        let no_target =
+            json!({"metadata": {"name": "web"}, "spec": {"maxReplicas": 2, "scaleTargetRef": {}}});
+        let e = check(&res("HorizontalPodAutoscaler"), &no_target, None).unwrap_err();
+        assert!(cause(e).starts_with("spec.scaleTargetRef.kind"));
     }
 
     #[test]

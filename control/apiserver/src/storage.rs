@@ -242,7 +242,7 @@ fn internal(e: StoreError) -> ApiError {
 }
 
 fn key_of(res: &Resource, ns: Option<&str>, name: &str) -> Vec<u8> {
-    registry::object_key(res.plural, ns.filter(|_| res.namespaced), name).into_bytes()
+    registry::object_key(res.store_plural(), ns.filter(|_| res.namespaced), name).into_bytes()
 }
 
 fn not_found(res: &Resource, name: &str) -> ApiError {
@@ -352,7 +352,7 @@ impl<B: Backend> Storage<B> {
             Some(ns) => Scope::Namespace(ns),
             None => Scope::All,
         };
-        let req = RangeRequest::new(registry::list_range(res.plural, scope));
+        let req = RangeRequest::new(registry::list_range(res.store_plural(), scope));
         let (h, resp) = self.backend.range(req, false).await.map_err(internal)?;
         let items = resp
             .kvs
@@ -377,7 +377,7 @@ impl<B: Backend> Storage<B> {
             Some(ns) => Scope::Namespace(ns),
             None => Scope::All,
         };
-        let full = registry::list_range(res.plural, scope);
+        let full = registry::list_range(res.store_plural(), scope);
         let (range, revision) = match cont {
             None => (full, 0),
             Some(token) => {
@@ -676,7 +676,7 @@ impl<B: Backend> Storage<B> {
             None => Scope::All,
         };
         let mut rx = self.backend.watch(WatchRequest {
-            range: registry::list_range(res.plural, scope),
+            range: registry::list_range(res.store_plural(), scope),
             start_revision: if after == 0 { 0 } else { after + 1 },
             prev_kv: true,
             no_put: false,

@@ -50,6 +50,15 @@ fn columns(kind: &str) -> Vec<Column> {
             age,
         ],
         "StatefulSet" => vec![name, col("Ready", "string"), age],
+        "HorizontalPodAutoscaler" => vec![
+            name,
+            col("Reference", "string"),
+            col("Targets", "string"),
+            col("MinPods", "string"),
+            col("MaxPods", "integer"),
+            col("Replicas", "integer"),
+            age,
+        ],
         "PriorityClass" => vec![
             name,
             col("Value", "integer"),
@@ -121,6 +130,49 @@ fn columns(kind: &str) -> Vec<Column> {
         ],
         _ => vec![name, age],
     }
+}
+
+/// An autoscaler's TARGETS column: `cpu: 80%/50%` per resource metric (`<unknown>` before
+/// the first reading), as kubectl shows it.
+fn hpa_targets(o: &Value) -> String {
+    let current = o
+        .pointer("/status/currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let parts: Vec<String> = o
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| m["type"] == "Resource")
+        .map(|m| {
+            let name = m["resource"]["name"].as_str().unwrap_or_default();
+            let target = &m["resource"]["target"];
+            let now = current
+                .iter()
+                .find(|c| c["resource"]["name"] == name)
+                .map(|c| &c["resource"]["current"]);
+            let (have, want) = if target["type"] == "Utilization" {
+                (
+                    now.and_then(|c| c["averageUtilization"].as_i64())
+                        .map_or("<unknown>".to_string(), |u| format!("{u}%")),
+                    format!("{}%", target["averageUtilization"].as_i64().unwrap_or(0)),
+                )
+            } else {
+                (
+                    now.and_then(|c| c["averageValue"].as_str())
+                        .map_or("<unknown>".to_string(), String::from),
+                    target["averageValue"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            };
+            format!("{name}: {have}/{want}")
+        })
+        .collect();
+    or_none(parts.join(", "))
 }
 
 /// A Job's STATUS column, from its conditions as kubectl shows it.
@@ -276,6 +328,23 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .get("preemptionPolicy")
                 .and_then(Value::as_str)
                 .unwrap_or("PreemptLowerPriority")),
+        ],
+        "HorizontalPodAutoscaler" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                s(o, "/spec/scaleTargetRef/kind"),
+                s(o, "/spec/scaleTargetRef/name")
+            )),
+            json!(hpa_targets(o)),
+            json!(o
+                .pointer("/spec/minReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+                .to_string()),
+            json!(n(o, "/spec/maxReplicas")),
+            json!(n(o, "/status/currentReplicas")),
+            age,
         ],
         "StatefulSet" => vec![
             name,

@@ -7,7 +7,8 @@
 //! [`deployment`], [`daemonset`], [`statefulset`], [`job`], [`cronjob`] (schedules parsed by
 //! [`cron`]), [`endpoints`] (Endpoints and EndpointSlices), [`nodelifecycle`] (taints nodes
 //! that stop heartbeating, evicts their pods), [`namespace`] (empties namespaces being
-//! deleted) and the garbage collector ([`gc`]). The autoscaler is still to come.
+//! deleted), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
+//! the node agents report) and the garbage collector ([`gc`]).
 //! [`nodematch`] (node selectors and affinity) is shared with the scheduler. [`events`]
 //! records what the controllers do.
 
@@ -15,6 +16,7 @@
 
 use std::future::Future;
 
+pub mod autoscaler;
 pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
@@ -28,6 +30,7 @@ pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod nodematch;
+pub mod quantity;
 pub mod replicaset;
 pub mod runner;
 pub mod serviceaccounts;
@@ -67,6 +70,7 @@ pub async fn run(
                 _ = statefulset::run(lead.client.clone()) => {}
                 _ = cronjob::run(lead.client.clone()) => {}
                 _ = namespace::run(lead.client.clone()) => {}
+                _ = autoscaler::run(lead.client.clone()) => {}
                 _ = endpoints::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}

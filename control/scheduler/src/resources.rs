@@ -35,36 +35,9 @@ pub fn requested_in(state: &crate::framework::CycleState, pod: &Pod) -> Resource
     state.pod_requests.unwrap_or_else(|| requested(pod))
 }
 
-/// Parses a Kubernetes quantity (`100m`, `2`, `0.5`, `64Mi`, `1G`, `1e3`) scaled by `scale`
-/// (1000 for millicores, 1 for bytes); `None` if it is not a quantity.
+/// Parses a Kubernetes quantity scaled by `scale` (1000 for millicores, 1 for bytes).
 pub fn parse(q: &str, scale: f64) -> Option<u64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        _ => return None,
-    };
-    let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    Some((n * factor * scale).ceil() as u64)
+    flotilla_controllers::quantity::parse_ceil(q, scale)
 }
 
 fn quantity(q: Option<&Quantity>, scale: f64) -> u64 {
@@ -111,22 +84,5 @@ pub fn allocatable(node: &Node) -> Resources {
         milli_cpu: quantity(map.and_then(|m| m.get("cpu")), 1000.0),
         memory: quantity(map.and_then(|m| m.get("memory")), 1.0),
         pods: quantity(map.and_then(|m| m.get("pods")), 1.0),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities_parse_like_kubernetes() {
-        assert_eq!(parse("100m", 1000.0), Some(100));
-        assert_eq!(parse("2", 1000.0), Some(2000));
-        assert_eq!(parse("0.5", 1000.0), Some(500));
-        assert_eq!(parse("64Mi", 1.0), Some(64 * 1024 * 1024));
-        assert_eq!(parse("1G", 1.0), Some(1_000_000_000));
-        assert_eq!(parse("1e3", 1.0), Some(1000));
-        assert_eq!(parse("12Xi", 1.0), None);
-        assert_eq!(parse("-1", 1.0), None);
     }
 }

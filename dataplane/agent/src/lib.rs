@@ -4,10 +4,11 @@
 //! Today: the node's runtime configuration ([`runtime_config`]: the CNI network the node's
 //! pods join and the containerd configuration the agent starts containerd with), and
 //! simulated nodes ([`simulate`], as kwok does) so the control plane can be exercised without
-//! containers. The CRI client, pod lifecycle, probes, volumes, logs and exec arrive with the
+//! containers, with the resource usage they report ([`metrics`]). The CRI client, pod lifecycle, probes, volumes, logs and exec arrive with the
 //! node agent issue.
 
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod runtime_config;
 pub mod simulate;

@@ -4,7 +4,9 @@
 //! the deletion of their pods. A node whose annotation `flotilla.dev/heartbeat` is `stopped`
 //! behaves as if its kubelet died (to exercise node failure): no more Lease renewals, and its
 //! pods get no status updates and no finished deletions. Removing the annotation resumes it:
-//! it reports Ready again and catches up with its pods.
+//! it reports Ready again and catches up with its pods. Simulated nodes also report resource
+//! usage (see [`crate::metrics`]): each running pod's when it starts or its usage changes,
+//! and every node's and pod's every 15 s.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +21,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
+
+use crate::metrics;
 
 /// The annotation that stops a simulated node's heartbeats.
 pub const HEARTBEAT_ANNOTATION: &str = "flotilla.dev/heartbeat";
@@ -194,11 +198,19 @@ pub async fn run(
         silent.clone(),
         resumed_tx,
     );
-    let pods = pod_loop(client, host_ips, silent, resumed);
+    let reported: Arc<Mutex<metrics::Reported>> = Arc::default();
+    let usage = metrics_loop(
+        client.clone(),
+        names.clone(),
+        silent.clone(),
+        reported.clone(),
+    );
+    let pods = pod_loop(client, host_ips, silent, resumed, reported);
     tokio::select! {
         _ = shutdown => {}
         _ = heartbeats => {}
         _ = pods => {}
+        _ = usage => {}
     }
     Ok(())
 }
@@ -312,11 +324,100 @@ async fn renew(leases: &Api<Lease>, node: &str) -> Result<(), kube::Error> {
 /// status and no finished deletions either.
 type Silent = Arc<Mutex<std::collections::HashSet<String>>>;
 
+/// Every 15 s: every node's usage, and every running pod's again (a fresh timestamp).
+async fn metrics_loop(
+    client: kube::Client,
+    names: Vec<String>,
+    silent: Silent,
+    reported: Arc<Mutex<metrics::Reported>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let now = Timestamp::now();
+        let quiet = silent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pods: Vec<metrics::PodUsage> = reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|u| !quiet.contains(&u.node))
+            .cloned()
+            .collect();
+        for name in names.iter().filter(|n| !quiet.contains(*n)) {
+            let obj = metrics::node_metrics(name, pods.iter(), now);
+            if let Err(e) = metrics::publish(&client, &obj).await {
+                tracing::debug!(node = %name, error = %e, "simulated nodes: node metrics");
+            }
+        }
+        for u in &pods {
+            if let Err(e) = metrics::publish(&client, &metrics::pod_metrics(u, now)).await {
+                tracing::debug!(pod = %u.name, error = %e, "simulated nodes: pod metrics");
+            }
+        }
+    }
+}
+
+/// Reports `pod`'s usage if it runs on one of our (live) nodes and its usage changed;
+/// forgets a pod that finished or is going.
+async fn report_usage(
+    client: &kube::Client,
+    pod: &Pod,
+    host_ips: &HashMap<String, String>,
+    silent: &Silent,
+    reported: &Mutex<metrics::Reported>,
+) {
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    if !host_ips.contains_key(&node)
+        || silent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&node)
+    {
+        return;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed")) {
+        let gone = reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+        if let Some(u) = gone {
+            metrics::forget(client, &u.namespace, &u.name).await;
+        }
+        return;
+    }
+    if phase != Some("Running") {
+        return;
+    }
+    let usage = metrics::simulated_usage(pod, &node);
+    let changed = reported.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) != Some(&usage);
+    if !changed {
+        return;
+    }
+    match metrics::publish(client, &metrics::pod_metrics(&usage, Timestamp::now())).await {
+        Ok(()) => {
+            reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid, usage);
+        }
+        Err(e) => tracing::debug!(pod = %usage.name, error = %e, "simulated nodes: pod metrics"),
+    }
+}
+
 async fn pod_loop(
     client: kube::Client,
     host_ips: Arc<HashMap<String, String>>,
     silent: Silent,
     mut resumed: tokio::sync::mpsc::UnboundedReceiver<String>,
+    reported: Arc<Mutex<metrics::Reported>>,
 ) {
     let all: Api<Pod> = Api::all(client.clone());
     let ips = Arc::new(Mutex::new(Ips::default()));
@@ -331,6 +432,10 @@ async fn pod_loop(
                             .unwrap_or_else(|e| e.into_inner())
                             .by_pod
                             .remove(uid);
+                        let gone = reported.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+                        if let Some(u) = gone {
+                            metrics::forget(&client, &u.namespace, &u.name).await;
+                        }
                     }
                     continue;
                 }
@@ -355,6 +460,7 @@ async fn pod_loop(
         };
         for pod in pods {
             act(&client, &pod, &host_ips, &ips, &silent).await;
+            report_usage(&client, &pod, &host_ips, &silent, &reported).await;
         }
     }
 }
