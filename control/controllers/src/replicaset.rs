@@ -277,7 +277,13 @@ pub(crate) fn ignore_gone<T>(r: Result<T, kube::Error>) -> Result<(), kube::Erro
 
 /// Runs the controller until its streams end.
 pub async fn run(client: kube::Client) {
-    crate::runner::run_owning::<ReplicaSet, Pod, _, _>(client, "replicaset", reconcile).await;
+    crate::runner::run_adopting::<ReplicaSet, _, _>(
+        client,
+        "replicaset",
+        |rs| rs.spec.as_ref().map(|s| &s.selector),
+        reconcile,
+    )
+    .await;
 }
 
 #[cfg(test)]

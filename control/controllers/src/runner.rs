@@ -6,9 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::ResourceExt;
 
 /// A built-in kind the controllers watch (what kube-runtime's watchers and reflectors need).
 pub trait Watched:
@@ -57,6 +61,60 @@ where
 {
     Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
         .owns(Api::<O>::all(client.clone()), watcher::Config::default())
+        .run(reconcile, retry(what), Arc::new(client))
+        .for_each(|_| async {})
+        .await;
+}
+
+/// Like [`run_owning`] with pods, for controllers that adopt orphans: a pod change triggers
+/// its controller (by owner reference), and an orphan pod triggers every `K` of its
+/// namespace whose selector (`selector_of`) matches its labels — as Kubernetes' controllers
+/// watch every pod, not only their own.
+pub async fn run_adopting<K, F, Fut>(
+    client: kube::Client,
+    what: &'static str,
+    selector_of: fn(&K) -> Option<&LabelSelector>,
+    reconcile: F,
+) where
+    K: Watched,
+    F: FnMut(Arc<K>, Arc<kube::Client>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    let kind = K::kind(&()).into_owned();
+    controller
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod: Pod| {
+                let ns = pod.namespace().unwrap_or_default();
+                if let Some(owner) = pod
+                    .owner_references()
+                    .iter()
+                    .find(|o| o.controller == Some(true))
+                {
+                    return if owner.kind == kind {
+                        vec![ObjectRef::<K>::new(&owner.name).within(&ns)]
+                    } else {
+                        Vec::new()
+                    };
+                }
+                if pod.metadata.deletion_timestamp.is_some() {
+                    return Vec::new();
+                }
+                let labels = pod.labels().clone();
+                store
+                    .state()
+                    .iter()
+                    .filter(|k| k.namespace().as_deref() == Some(ns.as_str()))
+                    .filter(|k| {
+                        selector_of(k).is_some_and(|s| crate::replicaset::selects(s, &labels))
+                    })
+                    .map(|k| ObjectRef::from_obj(k.as_ref()))
+                    .collect()
+            },
+        )
         .run(reconcile, retry(what), Arc::new(client))
         .for_each(|_| async {})
         .await;

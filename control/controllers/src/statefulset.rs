@@ -501,7 +501,13 @@ async fn reconcile(
 
 /// Runs the controller until its streams end.
 pub async fn run(client: kube::Client) {
-    crate::runner::run_owning::<StatefulSet, Pod, _, _>(client, "statefulset", reconcile).await;
+    crate::runner::run_adopting::<StatefulSet, _, _>(
+        client,
+        "statefulset",
+        |sts| sts.spec.as_ref().map(|s| &s.selector),
+        reconcile,
+    )
+    .await;
 }
 
 #[cfg(test)]
