@@ -1,6 +1,8 @@
 //! The DaemonSet controller against simulated nodes (kubectl 1.33): one pod per node, bound by
 //! the scheduler; `set image` rolls every pod over within
-//! maxUnavailable and `rollout status` follows; deleting the DaemonSet takes its pods.
+//! maxUnavailable and `rollout status` follows; `rollout history` lists the two templates and
+//! `rollout undo` (kubectl 1.27) brings the first back; deleting the DaemonSet takes its pods
+//! and revisions.
 
 use std::time::Duration;
 
@@ -85,10 +87,31 @@ fn daemonsets_run_one_pod_per_node_and_roll_over() {
         agents(&cluster) == want2
     });
 
+    // The template history: two revisions; undo goes back to the first template.
+    let history = kubectl(&cluster, &["rollout", "history", "ds/agent"]);
+    let numbers: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(numbers, ["1", "2"], "{history}");
+    flotilla_e2e::kubectl_ok(&cluster, "1.27", &["rollout", "undo", "ds/agent"]);
+    let want1: Vec<(String, String)> = (1..=3)
+        .map(|i| (format!("sim-{i}"), "agent:1".to_string()))
+        .collect();
+    wait_for("one agent:1 pod per node again", Duration::from_secs(90), || {
+        agents(&cluster) == want1
+    });
+    let history = kubectl(&cluster, &["rollout", "history", "ds/agent"]);
+    assert!(history.contains('3'), "the rolled-back template is revision 3: {history}");
+
     kubectl(&cluster, &["delete", "ds", "agent"]);
-    wait_for("the daemon pods to go", Duration::from_secs(30), || {
+    wait_for("the daemon pods and revisions to go", Duration::from_secs(30), || {
         kubectl(&cluster, &["get", "pods", "-l", "app=agent", "-o", "name"])
             .trim()
             .is_empty()
+            && kubectl(&cluster, &["get", "controllerrevisions", "-o", "name"])
+                .trim()
+                .is_empty()
     });
 }

@@ -6,7 +6,8 @@
 //! and unschedulable). As in Kubernetes, the pod is not bound by the controller: it gets a
 //! required node affinity on `metadata.name` and the scheduler binds it, so resources are
 //! checked like everyone else's. Pods carry `controller-revision-hash` (a hash of the
-//! template); with the RollingUpdate strategy, pods of an older template are deleted — at
+//! template; the templates are kept as ControllerRevisions `<ds>-<hash>` for `kubectl rollout
+//! history` and `undo`, see [`crate::revisions`]); with the RollingUpdate strategy, pods of an older template are deleted — at
 //! most `maxUnavailable` (default 1) unavailable at once, not-ready ones first — and replaced
 //! by the current template; OnDelete leaves them until someone deletes them. The decision is
 //! a pure function ([`plan`]) of the DaemonSet, the nodes and the pods of its namespace.
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -60,6 +61,18 @@ fn daemon_tolerations() -> Vec<Toleration> {
     ]
 }
 
+/// The owner reference a DaemonSet puts on its pods and revisions.
+fn owner_ref(ds: &DaemonSet) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "DaemonSet".into(),
+        name: ds.metadata.name.clone().unwrap_or_default(),
+        uid: ds.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
 /// The pod `ds` would run on `node`, before it has a name.
 pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
     let template = ds
@@ -68,15 +81,7 @@ pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
         .map(|s| s.template.clone())
         .unwrap_or_default();
     let name = ds.metadata.name.clone().unwrap_or_default();
-    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "DaemonSet".into(),
-        name: name.clone(),
-        uid: ds.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
-    let mut pod = crate::replicaset::pod_from_template(template, &name, owner);
+    let mut pod = crate::replicaset::pod_from_template(template, &name, owner_ref(ds));
     pod.metadata
         .labels
         .get_or_insert_with(Default::default)
@@ -315,13 +320,40 @@ async fn reconcile(
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pods = pods_api.list(&ListParams::default()).await?.items;
     let p = plan(&ds, &nodes, &pods);
-    let hash = crate::deployment::template_hash(
-        &ds.spec
+    let template = ds
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let hash = crate::deployment::template_hash(&template, 0);
+    // The template history `kubectl rollout history/undo ds` works on.
+    let revs_api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let revs = revs_api.list(&ListParams::default()).await?.items;
+    let in_use: Vec<String> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == ds.metadata.uid.as_ref())
+        })
+        .filter_map(|p| p.metadata.labels.as_ref()?.get(HASH_LABEL))
+        .map(|h| format!("{name}-{h}"))
+        .collect();
+    let history = crate::revisions::plan(
+        &owner_ref(&ds),
+        Some(ns.to_string()),
+        &template,
+        &format!("{name}-{hash}"),
+        ds.spec
             .as_ref()
-            .map(|s| s.template.clone())
-            .unwrap_or_default(),
-        0,
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10),
+        &in_use,
+        &revs,
     );
+    crate::revisions::apply(&revs_api, &history).await?;
     for node in &p.create {
         pods_api
             .create(&PostParams::default(), &pod_for(&ds, node, &hash))

@@ -32,6 +32,7 @@ pub mod nodelifecycle;
 pub mod nodematch;
 pub mod quantity;
 pub mod replicaset;
+pub mod revisions;
 pub mod runner;
 pub mod serviceaccounts;
 pub mod statefulset;

@@ -28,7 +28,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
@@ -310,84 +309,26 @@ pub fn plan(sts: &StatefulSet, pods: &[Pod], current_template: Option<&PodTempla
 }
 
 /// The template a ControllerRevision of a StatefulSet records (`data.spec.template`).
-pub fn revision_template(rev: &ControllerRevision) -> Option<PodTemplateSpec> {
-    let mut t = rev.data.as_ref()?.0.pointer("/spec/template")?.clone();
-    if let Some(o) = t.as_object_mut() {
-        o.remove("$patch");
-    }
-    serde_json::from_value(t).ok()
-}
-
-/// What to do with the set's ControllerRevisions.
-#[derive(Debug, Default)]
-pub struct Revisions {
-    /// A revision to create (the update revision is new).
-    pub create: Option<ControllerRevision>,
-    /// A revision to renumber `(name, revision)`: an older template is the update revision
-    /// again (a rollback), so it becomes the newest.
-    pub renumber: Option<(String, i64)>,
-    /// Old revisions beyond `revisionHistoryLimit` (names).
-    pub delete: Vec<String>,
-}
+pub use crate::revisions::template_of as revision_template;
 
 /// The revision bookkeeping for `sts` given its ControllerRevisions and pods.
-pub fn revisions(sts: &StatefulSet, revs: &[ControllerRevision], pods: &[Pod]) -> Revisions {
-    let mut out = Revisions::default();
-    let uid = sts.metadata.uid.as_deref().unwrap_or_default();
-    let mut owned: Vec<&ControllerRevision> = revs
-        .iter()
-        .filter(|r| controller_uid(&r.metadata) == Some(uid))
-        .collect();
-    owned.sort_by_key(|r| r.revision);
-    let newest = owned.last().map_or(0, |r| r.revision);
-    let update = update_revision(sts);
+pub fn revisions(
+    sts: &StatefulSet,
+    revs: &[ControllerRevision],
+    pods: &[Pod],
+) -> crate::revisions::Revisions {
     let spec = sts.spec.clone().unwrap_or_default();
-    match owned
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some(&update))
-    {
-        None => {
-            let mut template = serde_json::to_value(&spec.template).unwrap_or_default();
-            template["$patch"] = json!("replace");
-            out.create = Some(ControllerRevision {
-                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                    name: Some(update.clone()),
-                    namespace: sts.metadata.namespace.clone(),
-                    labels: spec
-                        .template
-                        .metadata
-                        .as_ref()
-                        .and_then(|m| m.labels.clone()),
-                    owner_references: Some(vec![owner_ref(sts)]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(json!({"spec": {"template": template}}))),
-                revision: newest + 1,
-            });
-        }
-        Some(r) if r.revision < newest => out.renumber = Some((update.clone(), newest + 1)),
-        Some(_) => {}
-    }
-    let limit = usize::try_from(spec.revision_history_limit.unwrap_or(10).max(0)).unwrap_or(0);
-    let current = sts
-        .status
-        .as_ref()
-        .and_then(|s| s.current_revision.clone())
-        .unwrap_or_default();
-    let in_use: Vec<&str> = pods.iter().map(revision_of).collect();
-    let old: Vec<&&ControllerRevision> = owned
-        .iter()
-        .filter(|r| {
-            let name = r.metadata.name.as_deref().unwrap_or_default();
-            name != update && name != current && !in_use.contains(&name)
-        })
-        .collect();
-    out.delete = old
-        .iter()
-        .take(old.len().saturating_sub(limit))
-        .filter_map(|r| r.metadata.name.clone())
-        .collect();
-    out
+    let mut keep: Vec<String> = pods.iter().map(|p| revision_of(p).to_string()).collect();
+    keep.extend(sts.status.as_ref().and_then(|s| s.current_revision.clone()));
+    crate::revisions::plan(
+        &owner_ref(sts),
+        sts.metadata.namespace.clone(),
+        &spec.template,
+        &update_revision(sts),
+        spec.revision_history_limit.unwrap_or(10),
+        &keep,
+        revs,
+    )
 }
 
 async fn reconcile(
@@ -414,27 +355,7 @@ async fn reconcile(
     let revs = revs_api.list(&ListParams::default()).await?.items;
     let pp = PatchParams::default();
 
-    let r = revisions(&sts, &revs, &pods);
-    if let Some(rev) = &r.create {
-        match revs_api.create(&PostParams::default(), rev).await {
-            Ok(_) => {}
-            // A revision of that name from an earlier term or another owner: use it as is.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if let Some((rev, number)) = &r.renumber {
-        let patch = json!({"revision": number});
-        ignore_gone(revs_api.patch(rev, &pp, &Patch::Merge(&patch)).await)?;
-    }
-    for rev in &r.delete {
-        ignore_gone(
-            revs_api
-                .delete(rev, &DeleteParams::background())
-                .await
-                .map(|_| ()),
-        )?;
-    }
+    crate::revisions::apply(&revs_api, &revisions(&sts, &revs, &pods)).await?;
 
     let current = sts
         .status
