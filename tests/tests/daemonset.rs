@@ -99,19 +99,28 @@ fn daemonsets_run_one_pod_per_node_and_roll_over() {
     let want1: Vec<(String, String)> = (1..=3)
         .map(|i| (format!("sim-{i}"), "agent:1".to_string()))
         .collect();
-    wait_for("one agent:1 pod per node again", Duration::from_secs(90), || {
-        agents(&cluster) == want1
-    });
+    wait_for(
+        "one agent:1 pod per node again",
+        Duration::from_secs(90),
+        || agents(&cluster) == want1,
+    );
     let history = kubectl(&cluster, &["rollout", "history", "ds/agent"]);
-    assert!(history.contains('3'), "the rolled-back template is revision 3: {history}");
+    assert!(
+        history.contains('3'),
+        "the rolled-back template is revision 3: {history}"
+    );
 
     kubectl(&cluster, &["delete", "ds", "agent"]);
-    wait_for("the daemon pods and revisions to go", Duration::from_secs(30), || {
-        kubectl(&cluster, &["get", "pods", "-l", "app=agent", "-o", "name"])
-            .trim()
-            .is_empty()
-            && kubectl(&cluster, &["get", "controllerrevisions", "-o", "name"])
+    wait_for(
+        "the daemon pods and revisions to go",
+        Duration::from_secs(30),
+        || {
+            kubectl(&cluster, &["get", "pods", "-l", "app=agent", "-o", "name"])
                 .trim()
                 .is_empty()
-    });
+                && kubectl(&cluster, &["get", "controllerrevisions", "-o", "name"])
+                    .trim()
+                    .is_empty()
+        },
+    );
 }

@@ -9,8 +9,8 @@
 //! `ttlSecondsAfterFinished` is deleted (with its pods) once that time has passed. `suspend`
 //! stops new pods and removes running ones. Pods are the Job's by controller owner
 //! reference and carry the `batch.kubernetes.io/job-name` and `controller-uid` labels.
-//! Not yet: Indexed completion mode, pod failure policies, the exponential delay Kubernetes
-//! puts between failed pods.
+//! After a pod fails, the next one waits 10 s, doubling with each failure up to 6 minutes, as
+//! in Kubernetes. Not yet: Indexed completion mode, pod failure policies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +84,41 @@ fn is_ready(pod: &Pod) -> bool {
 
 fn secs(d: SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or_default()
+}
+
+/// How long after its `failures`-th failed pod a Job waits to start another: 10 s, doubling
+/// per failure, at most 6 minutes.
+pub fn backoff_delay(failures: usize) -> SignedDuration {
+    let doublings = u32::try_from(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(6);
+    SignedDuration::from_secs((10i64 << doublings).min(360))
+}
+
+/// When the last of `pods` failed (its containers' finish time, else when it turned not ready).
+fn last_failure(pods: &[&Pod]) -> Option<Timestamp> {
+    pods.iter()
+        .filter(|p| phase(p) == "Failed")
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let finished = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+                .map(|t| t.0)
+                .max();
+            finished.or_else(|| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == "Ready")
+                    .and_then(|c| c.last_transition_time.as_ref())
+                    .map(|t| t.0)
+            })
+        })
+        .max()
 }
 
 /// The plan for `job` given the pods of its namespace at `now`.
@@ -186,8 +221,21 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
             out.delete = all_active;
         } else {
             let want = parallelism.min(completions - succeeded);
+            // After failures, new pods wait: 10 s doubling per failure, at most 6 minutes,
+            // from the last failure (Kubernetes' pod failure backoff).
+            let wait = (failed > 0)
+                .then(|| last_failure(&mine))
+                .flatten()
+                .and_then(|at| at.checked_add(backoff_delay(failed)).ok())
+                .filter(|until| *until > now);
             if active.len() < want {
-                out.create = want - active.len();
+                match wait {
+                    Some(until) => {
+                        let left = secs(until.duration_since(now));
+                        out.requeue = Some(out.requeue.map_or(left, |r| r.min(left)));
+                    }
+                    None => out.create = want - active.len(),
+                }
             } else if active.len() > want {
                 // The newest extra pods go.
                 let mut newest: Vec<&&Pod> = active.iter().collect();
@@ -420,6 +468,29 @@ mod tests {
         let p = plan(&j, &[pod("c", "Running")], now());
         assert_eq!(p.status["conditions"][0]["reason"], "DeadlineExceeded");
         assert_eq!(p.delete, ["c"]);
+    }
+
+    #[test]
+    fn failed_pods_delay_the_next_one_exponentially() {
+        assert_eq!(backoff_delay(1), SignedDuration::from_secs(10));
+        assert_eq!(backoff_delay(3), SignedDuration::from_secs(40));
+        assert_eq!(backoff_delay(20), SignedDuration::from_secs(360));
+        let j = job(
+            json!({"backoffLimit": 6, "parallelism": 1}),
+            json!({"startTime": "2026-06-01T11:58:00Z"}),
+        );
+        let mut failed = pod("a", "Failed");
+        failed.status = serde_json::from_value(json!({"phase": "Failed", "containerStatuses": [
+            {"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"terminated": {"exitCode": 1, "finishedAt": "2026-06-01T11:59:55Z"}}}]}))
+        .unwrap();
+        // One failure 5 s ago: 5 s more to wait.
+        let p = plan(&j, std::slice::from_ref(&failed), now());
+        assert_eq!(p.create, 0);
+        assert_eq!(p.requeue, Some(Duration::from_secs(5)));
+        // Once the delay has passed, the next pod starts.
+        let later: Timestamp = "2026-06-01T12:00:06Z".parse().unwrap();
+        assert_eq!(plan(&j, &[failed], later).create, 1);
     }
 
     #[test]
