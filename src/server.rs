@@ -421,6 +421,26 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let mut elected = Vec::new();
     match controller_client_config(&args.pki_dir, api_addr, CONTROLLER_MANAGER_CERT).await {
         Ok(Some(base)) => {
+            // Every master (elected or not) advertises itself in default/kubernetes.
+            elected.push(tokio::spawn({
+                let stop = controllers.clone();
+                let name = args.name.clone();
+                let base = base.clone();
+                async move {
+                    match kube::Client::try_from(base) {
+                        Ok(client) => {
+                            flotilla_controllers::apiservers::run(
+                                client,
+                                &name,
+                                api_addr,
+                                async move { stop.wait().await },
+                            )
+                            .await
+                        }
+                        Err(e) => tracing::error!(error = %e, "the apiserver endpoints are off"),
+                    }
+                }
+            }));
             elected.push(tokio::spawn({
                 let stop = controllers.clone();
                 let name = args.name.clone();

@@ -16,7 +16,7 @@ pub const INITIAL_NAMESPACES: &[&str] =
 
 /// Creates the `default/kubernetes` Service (ClusterIP 10.96.0.1, port 443) if it does not
 /// exist yet.
-// FIXME(issue 4): its Endpoints listing every live API server (master leases with a TTL).
+/// Its Endpoints, every live API server, are kept by `flotilla_controllers::apiservers`.
 pub async fn kubernetes_service<B: Backend>(api: &Api<B>) {
     let res = resources::find("", "v1", "services").expect("services are served");
     loop {

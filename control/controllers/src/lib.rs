@@ -9,13 +9,15 @@
 //! that stop heartbeating, evicts their pods), [`namespace`] (empties namespaces being
 //! deleted), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
 //! the node agents report) and the garbage collector ([`gc`]).
-//! [`nodematch`] (node selectors and affinity) is shared with the scheduler. [`events`]
+//! [`nodematch`] (node selectors and affinity) is shared with the scheduler. [`apiservers`]
+//! runs on every master, elected or not: the `default/kubernetes` endpoints. [`events`]
 //! records what the controllers do.
 
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 
+pub mod apiservers;
 pub mod autoscaler;
 pub mod cron;
 pub mod cronjob;

@@ -119,3 +119,23 @@ pub async fn run_adopting<K, F, Fut>(
         .for_each(|_| async {})
         .await;
 }
+
+/// Replaces `name` with `object` (at the current resourceVersion), or creates it the first
+/// time: for objects a component owns outright and rewrites whole (reports, endpoints).
+pub async fn upsert<K>(api: &Api<K>, name: &str, mut object: K) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.get_opt(name).await? {
+        Some(current) => {
+            object.meta_mut().resource_version = current.meta().resource_version.clone();
+            api.replace(name, &kube::api::PostParams::default(), &object)
+                .await?;
+        }
+        None => {
+            api.create(&kube::api::PostParams::default(), &object)
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{json, Value};
 
 /// The annotation with a simulated pod's CPU use.
@@ -134,18 +134,9 @@ pub async fn publish(client: &kube::Client, obj: &Value) -> Result<(), kube::Err
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         None => Api::all_with(client.clone(), &ar),
     };
-    let mut object: DynamicObject =
+    let object: DynamicObject =
         serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
-    match api.get_opt(name).await? {
-        Some(current) => {
-            object.metadata.resource_version = current.metadata.resource_version;
-            api.replace(name, &PostParams::default(), &object).await?;
-        }
-        None => {
-            api.create(&PostParams::default(), &object).await?;
-        }
-    }
-    Ok(())
+    flotilla_controllers::runner::upsert(&api, name, object).await
 }
 
 /// Deletes the PodMetrics of a pod that is gone.
