@@ -168,6 +168,21 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 pod_spec(spec);
             }
         }
+        "HorizontalPodAutoscaler" => {
+            // As Kubernetes: without metrics, 80% CPU utilization.
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                let none = spec
+                    .get("metrics")
+                    .is_none_or(|m| m.as_array().is_none_or(Vec::is_empty));
+                if none {
+                    spec.insert(
+                        "metrics".into(),
+                        json!([{"type": "Resource", "resource": {"name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+                    );
+                }
+            }
+        }
         "CronJob" => {
             if let Some(spec) = obj.get_mut("spec") {
                 set(spec, "concurrencyPolicy", json!("Allow"));

@@ -693,6 +693,7 @@ async fn serve<B: Backend>(
                 crate::validation::strict(res.kind, &obj)?;
             }
             if unchanged(&current, &obj) {
+                let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
                 return Ok(json_response(StatusCode::OK, &current));
             }
             let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
@@ -717,6 +718,7 @@ async fn serve<B: Backend>(
                     crate::validation::strict(res.kind, &obj)?;
                 }
                 if unchanged(&current, &obj) {
+                    let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
                     return Ok(json_response(StatusCode::OK, &current));
                 }
                 match api.storage.update(res, ns.as_deref(), &obj).await {
@@ -811,16 +813,36 @@ fn has_scale(res: &Resource) -> bool {
 
 /// The autoscaling/v1 Scale of a scalable object.
 fn scale_of(obj: &Value) -> Value {
-    let labels = obj
-        .pointer("/spec/selector/matchLabels")
+    // The selector as a label selector string: matchLabels, then matchExpressions.
+    let selector = obj.pointer("/spec/selector");
+    let mut terms: Vec<String> = selector
+        .and_then(|s| s.get("matchLabels"))
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    for e in selector
+        .and_then(|s| s.get("matchExpressions"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        terms.push(match e["operator"].as_str() {
+            Some("In") => format!("{key} in ({})", values.join(",")),
+            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
+            Some("DoesNotExist") => format!("!{key}"),
+            _ => key.to_string(),
+        });
+    }
+    let labels = terms.join(",");
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

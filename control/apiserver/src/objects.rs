@@ -160,8 +160,20 @@ pub fn prepare_create(res: &Resource, ns: Option<&str>, mut obj: Value) -> Resul
     }
     if res.kind == "Namespace" {
         obj["status"] = json!({"phase": "Active"});
-        if obj.pointer("/spec/finalizers").is_none() {
-            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        // Every namespace is emptied by the namespace controller before it goes.
+        if !obj.get("spec").is_some_and(Value::is_object) {
+            obj["spec"] = json!({});
+        }
+        let finalizers = obj["spec"]
+            .as_object_mut()
+            .map(|spec| spec.entry("finalizers").or_insert_with(|| json!([])));
+        match finalizers {
+            Some(Value::Array(list)) if !list.iter().any(|f| f == "kubernetes") => {
+                list.push(json!("kubernetes"));
+            }
+            Some(Value::Array(_)) => {}
+            Some(other) => *other = json!(["kubernetes"]),
+            None => {}
         }
     }
     if res.kind == "Secret" && obj.get("type").is_none() {

@@ -116,21 +116,50 @@ async fn reconcile(client: &kube::Client, leases: &Api<Lease>) -> Result<(), kub
                "subsets": subsets(&servers)}),
     )
     .await?;
-    let endpoints: Vec<Value> = servers
-        .iter()
-        .map(|s| json!({"addresses": [s.ip().to_string()], "conditions": {"ready": true}}))
-        .collect();
-    let port = servers.first().map_or(443, SocketAddr::port);
-    upsert(
-        &Api::<EndpointSlice>::namespaced(client.clone(), "default"),
-        "kubernetes",
-        json!({"metadata": {"name": "kubernetes", "namespace": "default",
-                            "labels": {"kubernetes.io/service-name": "kubernetes",
-                                       "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-               "addressType": "IPv4", "endpoints": endpoints,
-               "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
-    )
-    .await
+    // One EndpointSlice per port (a slice has one port list): `kubernetes` for the first,
+    // `kubernetes-<port>` for others; slices of ports no longer served go.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let mut by_port: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for s in &servers {
+        by_port
+            .entry(s.port())
+            .or_default()
+            .push(s.ip().to_string());
+    }
+    let mut wanted = Vec::new();
+    for (i, (port, ips)) in by_port.iter().enumerate() {
+        let name = if i == 0 {
+            "kubernetes".to_string()
+        } else {
+            format!("kubernetes-{port}")
+        };
+        let endpoints: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect();
+        upsert(
+            &slices,
+            &name,
+            json!({"metadata": {"name": name, "namespace": "default",
+                                "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                   "addressType": "IPv4", "endpoints": endpoints,
+                   "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
+        )
+        .await?;
+        wanted.push(name);
+    }
+    let existing = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await?;
+    for slice in existing.items {
+        let name = slice.metadata.name.unwrap_or_default();
+        if !wanted.contains(&name) && (name == "kubernetes" || name.starts_with("kubernetes-")) {
+            if let Err(e) = slices.delete(&name, &DeleteParams::default()).await {
+                tracing::debug!(error = %e, slice = %name, "apiserver endpoints: removing a slice");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Advertises master `identity`, serving the API on `addr`, until `shutdown` completes; then

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
@@ -69,6 +69,7 @@ pub fn recommend(
     resource: &str,
     target: &Value,
     samples: &[Sample],
+    missing: &[Sample],
 ) -> Result<Reading, String> {
     if samples.is_empty() {
         return Err(format!(
@@ -76,46 +77,72 @@ pub fn recommend(
         ));
     }
     let n = samples.len() as f64;
-    let usage: f64 = samples.iter().map(|s| s.usage).sum();
-    let average = usage / n;
-    let (ratio, utilization) = match target["type"].as_str() {
-        Some("Utilization") => {
-            let want = target["averageUtilization"].as_f64().unwrap_or(0.0);
-            if samples.iter().any(|s| s.request <= 0.0) {
-                return Err(format!("missing request for {resource} in some pods"));
+    let average = samples.iter().map(|s| s.usage).sum::<f64>() / n;
+    // The usage ratio over `pods` (and the utilization in percent, for Utilization targets).
+    let ratio_of = |pods: &[Sample]| -> Result<(f64, Option<f64>), String> {
+        let used: f64 = pods.iter().map(|s| s.usage).sum();
+        match target["type"].as_str() {
+            Some("Utilization") => {
+                let want = target["averageUtilization"].as_f64().unwrap_or(0.0);
+                if pods.iter().any(|s| s.request <= 0.0) {
+                    return Err(format!("missing request for {resource} in some pods"));
+                }
+                if want <= 0.0 {
+                    return Err("averageUtilization must be above 0".into());
+                }
+                let have = used * 100.0 / pods.iter().map(|s| s.request).sum::<f64>();
+                Ok((have / want, Some(have)))
             }
-            let requested: f64 = samples.iter().map(|s| s.request).sum();
-            let have = usage * 100.0 / requested;
-            if want <= 0.0 {
-                return Err("averageUtilization must be above 0".into());
+            Some("AverageValue") => {
+                let want = target["averageValue"]
+                    .as_str()
+                    .and_then(|q| parse(q, resource))
+                    .unwrap_or(0.0);
+                if want <= 0.0 {
+                    return Err("averageValue must be above 0".into());
+                }
+                Ok((used / pods.len() as f64 / want, None))
             }
-            (have / want, Some(have.round() as i64))
-        }
-        Some("AverageValue") => {
-            let want = target["averageValue"]
-                .as_str()
-                .and_then(|q| parse(q, resource))
-                .unwrap_or(0.0);
-            if want <= 0.0 {
-                return Err("averageValue must be above 0".into());
-            }
-            (average / want, None)
-        }
-        other => {
-            return Err(format!(
+            other => Err(format!(
                 "target type {other:?} is not supported for resource metrics"
-            ))
+            )),
         }
     };
-    let replicas = if (ratio - 1.0).abs() <= TOLERANCE {
+    let (ratio, utilization) = ratio_of(samples)?;
+    let mut replicas = if (ratio - 1.0).abs() <= TOLERANCE {
         current
     } else {
-        // Over the pods that report; as Kubernetes, scale from the number measured.
         ((ratio * n).ceil() as i32).max(1)
     };
+    if !missing.is_empty() && replicas != current {
+        // As Kubernetes: pods without metrics count as using nothing when scaling up and
+        // exactly the target when scaling down; if that turns the direction, stay.
+        let share = target["averageUtilization"].as_f64().unwrap_or(0.0) / 100.0;
+        let avg_value = target["averageValue"]
+            .as_str()
+            .and_then(|q| parse(q, resource));
+        let filled: Vec<Sample> = samples
+            .iter()
+            .copied()
+            .chain(missing.iter().map(|m| Sample {
+                usage: if ratio > 1.0 {
+                    0.0
+                } else {
+                    avg_value.unwrap_or(m.request * share)
+                },
+                request: m.request,
+            }))
+            .collect();
+        let (adjusted, _) = ratio_of(&filled)?;
+        replicas = if (adjusted - 1.0).abs() <= TOLERANCE || (adjusted > 1.0) != (ratio > 1.0) {
+            current
+        } else {
+            ((adjusted * filled.len() as f64).ceil() as i32).max(1)
+        };
+    }
     Ok(Reading {
         resource: resource.into(),
-        utilization,
+        utilization: utilization.map(|u| u.round() as i64),
         average,
         replicas,
     })
@@ -179,6 +206,9 @@ pub fn scale_down_limit(current: i32, rules: Option<&HPAScalingRules>) -> Option
 /// Recommendations remembered per autoscaler (uid → (time, replicas)), for the scale-down
 /// stabilization window.
 pub type History = Arc<Mutex<HashMap<String, VecDeque<(Timestamp, i32)>>>>;
+
+/// When each autoscaler (uid) was last evaluated, at which generation.
+pub type Evaluated = Arc<Mutex<HashMap<String, (Timestamp, i64)>>>;
 
 /// The replicas to set: `wanted` (from the metrics) clamped to min/max, stabilized against
 /// `history` and limited by the behavior. Returns (replicas, the limiting condition if any).
@@ -312,7 +342,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: &str, now: &str) 
 
 async fn reconcile(
     hpa: Arc<HorizontalPodAutoscaler>,
-    ctx: Arc<(kube::Client, History)>,
+    ctx: Arc<(kube::Client, History, Evaluated)>,
 ) -> Result<Action, crate::runner::Error> {
     let (client, history) = (&ctx.0, &ctx.1);
     let (Some(ns), Some(name)) = (
@@ -329,23 +359,50 @@ async fn reconcile(
     let target = &spec.scale_target_ref;
     let now = Timestamp::now();
     let now_s = now.to_string();
+    // Evaluated at most once per sync period unless the spec changed: the status this
+    // controller writes wakes it up too, and must not become another scaling step.
+    let uid = hpa.metadata.uid.clone().unwrap_or_default();
+    let generation = hpa.metadata.generation.unwrap_or(0);
+    {
+        let mut last = ctx.2.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, seen)) = last.get(&uid) {
+            let since = now.duration_since(*at);
+            let period = SignedDuration::try_from(SYNC).unwrap_or_default();
+            if *seen == generation && since < period {
+                let left = Duration::try_from(period - since).unwrap_or(SYNC);
+                return Ok(Action::requeue(left));
+            }
+        }
+        last.insert(uid.clone(), (now, generation));
+    }
     let about = events::reference("autoscaling/v2", "HorizontalPodAutoscaler", &hpa.metadata);
     let status_patch = |status: Value| json!({"status": status});
     // The target cannot be scaled: say so in the status (and an event), look again later.
+    let already_unable = hpa
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "AbleToScale"))
+        .filter(|c| c.status == "False")
+        .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0.to_string()));
     let unable = |message: String| {
         let hpas = hpas.clone();
         let about = about.clone();
-        let now_s = now_s.clone();
+        // Still unable: same transition time, no new event (no write, no wake-up).
+        let now_s = already_unable.clone().unwrap_or_else(|| now_s.clone());
+        let first = already_unable.is_none();
         async move {
-            events::record(
-                client,
-                COMPONENT,
-                &about,
-                events::Kind::Warning,
-                "FailedGetScale",
-                &message,
-            )
-            .await;
+            if first {
+                events::record(
+                    client,
+                    COMPONENT,
+                    &about,
+                    events::Kind::Warning,
+                    "FailedGetScale",
+                    &message,
+                )
+                .await;
+            }
             let status = json!({"status": {"currentReplicas": 0, "desiredReplicas": 0, "conditions": [
                 condition("AbleToScale", false, "FailedGetScale", &message, &now_s)]}});
             ignore_gone(
@@ -400,18 +457,28 @@ async fn reconcile(
             problems.push(format!("metric type {} is not supported", m.type_));
             continue;
         };
-        let samples: Vec<Sample> = running
-            .iter()
-            .filter_map(|p| {
-                let used = usage.get(p.metadata.name.as_deref()?)?.get(&res.name)?;
-                Some(Sample {
-                    usage: *used,
-                    request: requests(p, &res.name),
-                })
-            })
-            .collect();
+        // Pods with metrics, and running pods without (yet).
+        let mut samples = Vec::new();
+        let mut missing = Vec::new();
+        for p in &running {
+            let used = p
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| usage.get(n))
+                .and_then(|u| u.get(&res.name));
+            let sample = Sample {
+                usage: used.copied().unwrap_or(0.0),
+                request: requests(p, &res.name),
+            };
+            if used.is_some() {
+                samples.push(sample);
+            } else {
+                missing.push(sample);
+            }
+        }
         let target_json = serde_json::to_value(&res.target).unwrap_or_default();
-        match recommend(current, &res.name, &target_json, &samples) {
+        match recommend(current, &res.name, &target_json, &samples, &missing) {
             Ok(r) => readings.push(r),
             Err(e) => problems.push(format!("failed to get {} utilization: {e}", res.name)),
         }
@@ -465,7 +532,6 @@ async fn reconcile(
             &now_s,
         ));
         let wanted = readings.iter().map(|r| r.replicas).max().unwrap_or(current);
-        let uid = hpa.metadata.uid.clone().unwrap_or_default();
         let (replicas, limited) = {
             let mut h = history.lock().unwrap_or_else(|e| e.into_inner());
             decide(&hpa, current, wanted, h.entry(uid).or_default(), now)
@@ -582,7 +648,7 @@ pub async fn run(client: kube::Client) {
             tracing::warn!(error = %e, "autoscaler controller: retrying");
             Action::requeue(Duration::from_secs(1))
         },
-        Arc::new((client, history)),
+        Arc::new((client, history, Evaluated::default())),
     )
     .for_each(|_| async {})
     .await;
@@ -610,24 +676,39 @@ mod tests {
     fn utilization_scales_in_proportion_with_a_tolerance() {
         let target = json!({"type": "Utilization", "averageUtilization": 50});
         // 2 pods at 200m of 100m requested: 200% for a 50% target → 8 pods.
-        let r = recommend(2, "cpu", &target, &samples(&[200.0, 200.0], 100.0)).unwrap();
+        let r = recommend(2, "cpu", &target, &samples(&[200.0, 200.0], 100.0), &[]).unwrap();
         assert_eq!((r.replicas, r.utilization), (8, Some(200)));
         // 54% against 50%: within 10%, unchanged.
-        let r = recommend(3, "cpu", &target, &samples(&[54.0, 54.0, 54.0], 100.0)).unwrap();
+        let r = recommend(3, "cpu", &target, &samples(&[54.0, 54.0, 54.0], 100.0), &[]).unwrap();
         assert_eq!(r.replicas, 3);
         // 10% of requests: down to 1.
-        let r = recommend(4, "cpu", &target, &samples(&[10.0; 4], 100.0)).unwrap();
+        let r = recommend(4, "cpu", &target, &samples(&[10.0; 4], 100.0), &[]).unwrap();
         assert_eq!(r.replicas, 1);
         // AverageValue in memory.
         let avg = json!({"type": "AverageValue", "averageValue": "100Mi"});
-        let r = recommend(1, "memory", &avg, &samples(&[300.0 * 1024.0 * 1024.0], 0.0)).unwrap();
+        let r = recommend(
+            1,
+            "memory",
+            &avg,
+            &samples(&[300.0 * 1024.0 * 1024.0], 0.0),
+            &[],
+        )
+        .unwrap();
         assert_eq!(r.replicas, 3);
-        assert!(recommend(1, "cpu", &target, &samples(&[10.0], 0.0))
+        assert!(recommend(1, "cpu", &target, &samples(&[10.0], 0.0), &[])
             .unwrap_err()
             .contains("missing request"));
-        assert!(recommend(1, "cpu", &target, &[])
+        assert!(recommend(1, "cpu", &target, &[], &[])
             .unwrap_err()
             .contains("did not receive metrics"));
+        // 10 pods, 2 reporting at 60% of a 50% target: the 8 silent ones count as 0% for a
+        // scale-up, which turns it around, so nothing changes.
+        let silent = samples(&[0.0; 8], 100.0);
+        let up = recommend(10, "cpu", &target, &samples(&[60.0, 60.0], 100.0), &silent);
+        assert_eq!(up.unwrap().replicas, 10);
+        // 2 reporting at 10%: the silent ones count as at the target: 10 → 9, not 1.
+        let down = recommend(10, "cpu", &target, &samples(&[10.0, 10.0], 100.0), &silent);
+        assert_eq!(down.unwrap().replicas, 9);
     }
 
     #[test]

@@ -57,6 +57,9 @@ fn field(
                 if step == 0 {
                     return Err(format!("step of zero in {part:?}"));
                 }
+                if step > max {
+                    return Err(format!("step {step} in {part:?} is outside {min}-{max}"));
+                }
                 (r, step)
             }
             None => (part, 1),
@@ -79,7 +82,12 @@ fn field(
             v += step;
         }
     }
-    Ok((bits, text.starts_with('*') || text.starts_with('?')))
+    // As robfig/cron (Kubernetes' parser): `*`, `?` or `*/1` leave the field unrestricted for
+    // the day-of-month/day-of-week rule; `*/2` restricts it.
+    let star = text
+        .split(',')
+        .any(|p| matches!(p, "*" | "?" | "*/1" | "?/1"));
+    Ok((bits, star))
 }
 
 impl Schedule {
@@ -280,6 +288,19 @@ mod tests {
             next("0 0 15 * *", "2026-06-01T00:00:00Z"),
             "2026-06-15T00:00:00Z"
         );
+        // `*/2` restricts: odd days or Mondays (2026-06-02 is a Tuesday, the 3rd is odd).
+        assert_eq!(
+            next("0 0 */2 * 1", "2026-06-01T00:00:00Z"),
+            "2026-06-03T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 */2 * 1", "2026-06-05T00:00:00Z"),
+            "2026-06-07T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 */2 * 1", "2026-06-07T00:00:00Z"),
+            "2026-06-08T00:00:00Z"
+        );
     }
 
     #[test]
@@ -305,6 +326,7 @@ mod tests {
             ("* * * *", "exactly 5 fields"),
             ("61 * * * *", "outside 0-59"),
             ("*/0 * * * *", "step of zero"),
+            ("1/4294967295 * * * *", "outside 0-59"),
             ("0 0 * foo *", "not a number or a name"),
             ("@often", "unknown descriptor"),
             ("TZ=Mars/Olympus 0 0 * * *", "unknown time zone"),

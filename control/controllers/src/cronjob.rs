@@ -228,12 +228,16 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> Plan {
                     );
                 }
                 Some(at) => {
-                    if policy == "Replace" {
-                        for j in active.drain(..) {
-                            out.delete.extend(j.metadata.name.clone());
-                        }
-                    }
                     let job = job_for(cj, at);
+                    if policy == "Replace" {
+                        // Not this run's own Job (made by an attempt whose status was lost).
+                        let (mine_now, others): (Vec<&Job>, Vec<&Job>) = active
+                            .drain(..)
+                            .partition(|j| j.metadata.name == job.metadata.name);
+                        out.delete
+                            .extend(others.iter().filter_map(|j| j.metadata.name.clone()));
+                        active = mine_now;
+                    }
                     if !mine.iter().any(|j| j.metadata.name == job.metadata.name) {
                         out.events.push((
                             events::Kind::Normal,

@@ -99,7 +99,16 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let left = delete_contents(&client, name).await?;
-    let now = Timestamp::now().to_string();
+    // A condition that keeps its status keeps its transition time (so an unchanged report is
+    // no write, and no new event for this controller to wake up on).
+    let now = ns
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "NamespaceContentRemaining"))
+        .filter(|c| c.status == if left.is_empty() { "False" } else { "True" })
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map_or_else(|| Timestamp::now().to_string(), |t| t.0.to_string());
     let (status, reason, message) = if left.is_empty() {
         (
             "False",

@@ -350,6 +350,15 @@ async fn metrics_loop(
             }
         }
         for u in &pods {
+            // Gone since the snapshot: publishing would bring its metrics back for good.
+            let still = reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|r| r.namespace == u.namespace && r.name == u.name);
+            if !still {
+                continue;
+            }
             if let Err(e) = metrics::publish(&client, &metrics::pod_metrics(u, now)).await {
                 tracing::debug!(pod = %u.name, error = %e, "simulated nodes: pod metrics");
             }

@@ -2,7 +2,8 @@
 //! priority makes room, with the fewest and least important victims.
 //!
 //! For each node the filters rejected as `Unschedulable` (not `UnschedulableAndUnresolvable`:
-//! no eviction helps a node the pod's affinity excludes), every lower-priority pod is taken
+//! no eviction helps a node the pod's affinity excludes; nor for pod anti-affinity or spread,
+//! whose counts are not recomputed per eviction here), every lower-priority pod is taken
 //! off in a what-if copy; if the pod then passes the filters, victims are given back one at
 //! a time, most important first, while it still fits (the reprieve). Among the candidate
 //! nodes the one whose most important victim matters least wins, then the lowest sum of
@@ -64,7 +65,17 @@ impl PostFilter for DefaultPreemption {
         let mine = priority(pod);
         let mut best: Option<((i32, i64, usize), Nomination)> = None;
         for node in snapshot.nodes {
-            if statuses.get(node.name()).map(|s| &s.code) != Some(&Code::Unschedulable) {
+            let Some(status) = statuses.get(node.name()) else {
+                continue;
+            };
+            // Evicting pods helps only where resources were short: the affinity and spread
+            // verdicts come from counts taken before any eviction, so they would not change.
+            let counted = [
+                crate::plugins::inter_pod_affinity::ANTI_AFFINITY,
+                crate::plugins::inter_pod_affinity::EXISTING_ANTI_AFFINITY,
+                crate::plugins::pod_topology_spread::REASON,
+            ];
+            if status.code != Code::Unschedulable || counted.contains(&status.reason.as_str()) {
                 continue;
             }
             let mut lower: Vec<Arc<Pod>> = node
