@@ -293,20 +293,11 @@ async fn reconcile(
     cj: Arc<CronJob>,
     client: Arc<kube::Client>,
 ) -> Result<Action, crate::runner::Error> {
-    let (Some(ns), Some(name)) = (
-        cj.metadata.namespace.as_deref(),
-        cj.metadata.name.as_deref(),
-    ) else {
+    let Some((cj, cronjobs, ns, name)) = crate::runner::stored(cj.as_ref(), &client).await? else {
         return Ok(Action::await_change());
     };
+    let (ns, name) = (ns.as_str(), name.as_str());
     let client = (*client).clone();
-    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), ns);
-    let Some(cj) = cronjobs.get_opt(name).await? else {
-        return Ok(Action::await_change());
-    };
-    if cj.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), ns);
     let jobs = jobs_api.list(&ListParams::default()).await?.items;
     let mut p = plan(&cj, &jobs, Timestamp::now());

@@ -299,20 +299,11 @@ async fn reconcile(
     job: Arc<Job>,
     client: Arc<kube::Client>,
 ) -> Result<Action, crate::runner::Error> {
-    let (Some(ns), Some(name)) = (
-        job.metadata.namespace.as_deref(),
-        job.metadata.name.as_deref(),
-    ) else {
+    let Some((job, jobs, ns, name)) = crate::runner::stored(job.as_ref(), &client).await? else {
         return Ok(Action::await_change());
     };
+    let (ns, name) = (ns.as_str(), name.as_str());
     let client = (*client).clone();
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let Some(job) = jobs.get_opt(name).await? else {
-        return Ok(Action::await_change());
-    };
-    if job.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pods = pods_api.list(&ListParams::default()).await?.items;
     let p = plan(&job, &pods, Timestamp::now());

@@ -33,18 +33,15 @@ pub struct Plan {
     pub status: serde_json::Value,
 }
 
-/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions).
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions); an empty selector
+/// matches everything (as in affinity terms and spread constraints).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let labels_ok = selector
         .match_labels
         .as_ref()
         .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let exprs_ok = selector
-        .match_expressions
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .all(|e| {
+    labels_ok
+        && selector.match_expressions.iter().flatten().all(|e| {
             let values = e.values.as_deref().unwrap_or_default();
             let have = labels.get(&e.key);
             match e.operator.as_str() {
@@ -54,14 +51,18 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
                 "DoesNotExist" => have.is_none(),
                 _ => false,
             }
-        });
-    // An empty selector selects nothing for a ReplicaSet (the API requires one).
+        })
+}
+
+/// Whether a workload's `selector` selects pods with `labels`: as [`selector_matches`], except
+/// that an empty selector selects nothing (the API requires one).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && selector
             .match_expressions
             .as_ref()
             .is_none_or(|e| e.is_empty());
-    !empty && labels_ok && exprs_ok
+    !empty && selector_matches(selector, labels)
 }
 
 fn controller_uid(pod: &Pod) -> Option<&str> {

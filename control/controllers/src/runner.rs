@@ -139,3 +139,24 @@ where
     }
     Ok(())
 }
+
+/// What a reconciler of `obj` works on: the stored object (not the event's copy, which may be
+/// old), the API of its kind in its namespace, its namespace and its name; `None` when it is
+/// gone or being deleted (then there is nothing to do).
+pub async fn stored<K>(
+    obj: &K,
+    client: &kube::Client,
+) -> Result<Option<(K, Api<K>, String, String)>, kube::Error>
+where
+    K: Watched + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let (Some(ns), Some(name)) = (obj.meta().namespace.clone(), obj.meta().name.clone()) else {
+        return Ok(None);
+    };
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    Ok(api
+        .get_opt(&name)
+        .await?
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        .map(|o| (o, api, ns, name)))
+}

@@ -335,20 +335,11 @@ async fn reconcile(
     sts: Arc<StatefulSet>,
     client: Arc<kube::Client>,
 ) -> Result<Action, crate::runner::Error> {
-    let (Some(ns), Some(name)) = (
-        sts.metadata.namespace.as_deref(),
-        sts.metadata.name.as_deref(),
-    ) else {
+    let Some((sts, sets, ns, name)) = crate::runner::stored(sts.as_ref(), &client).await? else {
         return Ok(Action::await_change());
     };
+    let (ns, name) = (ns.as_str(), name.as_str());
     let client = (*client).clone();
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let Some(sts) = sets.get_opt(name).await? else {
-        return Ok(Action::await_change());
-    };
-    if sts.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let revs_api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
     let pods = pods_api.list(&ListParams::default()).await?.items;

@@ -11,10 +11,6 @@ pub mod node_unschedulable;
 pub mod pod_topology_spread;
 pub mod taint_toleration;
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
 use crate::framework::{Profile, Registry};
 
 /// A registry holding every built-in plugin.
@@ -53,24 +49,7 @@ pub fn default_profile() -> Profile {
 }
 
 /// Whether a label selector selects `labels` (an empty selector selects everything).
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_label = selector
-        .match_labels
-        .as_ref()
-        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    by_label
-        && selector.match_expressions.iter().flatten().all(|e| {
-            let values = e.values.as_deref().unwrap_or_default();
-            let have = labels.get(&e.key);
-            match e.operator.as_str() {
-                "In" => have.is_some_and(|v| values.contains(v)),
-                "NotIn" => have.is_none_or(|v| !values.contains(v)),
-                "Exists" => have.is_some(),
-                "DoesNotExist" => have.is_none(),
-                _ => false,
-            }
-        })
-}
+pub use flotilla_controllers::replicaset::selector_matches;
 
 #[cfg(test)]
 pub(crate) mod testing {
@@ -94,6 +73,8 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
     use crate::framework::{run_filters, Code, CycleState, Framework};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use std::collections::BTreeMap;
 
     #[test]
     fn profiles_pick_plugins_by_name() {
