@@ -538,8 +538,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&published);
     if failure.is_some() {
         // Requests in flight have been told why (the store ends them on a fatal error): give
-        // their answers a moment to reach the clients before the listeners close.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // their answers time to reach the clients before the listeners close (0.5 s was not
+        // always enough on a loaded 2-core machine: a client saw the connection close instead).
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     controllers.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(elected)).await;
