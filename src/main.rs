@@ -10,6 +10,11 @@ mod launcher;
 mod server;
 
 use std::path::PathBuf;
+
+/// mimalloc instead of glibc's malloc: a profile of a scheduling run spent 13% of the CPU in
+/// glibc's allocator (many short-lived JSON buffers across threads).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};

@@ -54,16 +54,11 @@ pub fn term_matches(
 
 /// Whether `pod` may go to `node` by selector and required affinity.
 pub fn fits(pod: &Pod, node: &Node) -> bool {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let name = node.metadata.name.as_deref().unwrap_or("");
+    // The pod is looked at first: most pods name no node constraints, and then the node
+    // (one of thousands, for each pod the scheduler places) is not read at all.
     let Some(spec) = pod.spec.as_ref() else {
         return true;
     };
-    let selector_ok = spec
-        .node_selector
-        .as_ref()
-        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
     let required = spec
         .affinity
         .as_ref()
@@ -72,6 +67,16 @@ pub fn fits(pod: &Pod, node: &Node) -> bool {
             na.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
+    if spec.node_selector.is_none() && required.is_none() {
+        return true;
+    }
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let name = node.metadata.name.as_deref().unwrap_or("");
+    let selector_ok = spec
+        .node_selector
+        .as_ref()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
     let affinity_ok = required.is_none_or(|sel| {
         sel.node_selector_terms
             .iter()

@@ -107,15 +107,29 @@ pub struct NodeInfo {
     /// How many of them have required pod anti-affinity terms (which every incoming pod must
     /// respect).
     pub required_anti_affinity: usize,
+    /// Whether the node is cordoned (`spec.unschedulable`).
+    pub unschedulable: bool,
+    /// Whether the node has a NoSchedule or NoExecute taint.
+    pub tainted: bool,
 }
 
 impl NodeInfo {
     /// A node with nothing on it yet.
     pub fn new(node: Node) -> NodeInfo {
+        // The filters most pods need read these flags, not the node object: on thousands of
+        // nodes, following every node's pointer for each pod cost more than the decisions.
         let allocatable = crate::resources::allocatable(&node);
+        let spec = node.spec.as_ref();
+        let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        let tainted = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        });
         NodeInfo {
             node: Arc::new(node),
             allocatable,
+            unschedulable,
+            tainted,
             ..Default::default()
         }
     }

@@ -43,10 +43,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Pending {
     pod: Pod,
+    /// The pod's priority (read once: the queue is ordered by it every round).
+    priority: i32,
     not_before: Instant,
     attempts: u32,
     /// The last FailedScheduling message sent, so that retries do not repeat it.
     reported: Option<String>,
+}
+
+impl Pending {
+    /// A pod due now.
+    fn new(pod: Pod) -> Pending {
+        Pending {
+            priority: priority(&pod),
+            pod,
+            not_before: Instant::now(),
+            attempts: 0,
+            reported: None,
+        }
+    }
 }
 
 /// What is placed on one node (also for nodes not seen yet).
@@ -192,17 +207,13 @@ impl Cache {
             None if self.binding.contains_key(&uid) => {}
             None if ours(&pod) && pod.metadata.deletion_timestamp.is_none() => {
                 match self.pending.get_mut(&uid) {
-                    Some(p) => p.pod = pod,
+                    Some(p) => {
+                        // Priority is immutable on a pod; read it again all the same.
+                        p.priority = priority(&pod);
+                        p.pod = pod;
+                    }
                     None => {
-                        self.pending.insert(
-                            uid,
-                            Pending {
-                                pod,
-                                not_before: Instant::now(),
-                                attempts: 0,
-                                reported: None,
-                            },
-                        );
+                        self.pending.insert(uid, Pending::new(pod));
                     }
                 }
             }
@@ -260,15 +271,7 @@ impl Cache {
     fn bind_failed(&mut self, uid: &str) {
         self.unplace(uid);
         if let Some(pod) = self.binding.remove(uid) {
-            self.pending.insert(
-                uid.to_string(),
-                Pending {
-                    pod,
-                    not_before: Instant::now(),
-                    attempts: 0,
-                    reported: None,
-                },
-            );
+            self.pending.insert(uid.to_string(), Pending::new(pod));
             backoff(self, uid);
         }
     }
@@ -498,17 +501,14 @@ async fn schedule_due(
 ) {
     let now = Instant::now();
     let room = MAX_BINDS_IN_FLIGHT.saturating_sub(binds.len());
-    let mut due: Vec<(i32, String)> = cache
-        .pending
-        .iter()
-        .filter(|(_, p)| p.not_before <= now)
-        .map(|(uid, p)| (priority(&p.pod), uid.clone()))
-        .collect();
-    // Higher priority first (stable: the rest keep their order).
-    due.sort_by_key(|(prio, _)| std::cmp::Reverse(*prio));
-    due.truncate(room);
+    if room == 0 {
+        // Every bind slot is taken: looking at the queue now would only be thrown away (with
+        // 10,000 pods pending, that look cost more than the scheduling itself).
+        return;
+    }
+    let due = most_important_due(&cache.pending, now, room);
     let to_find = nodes_to_find(cache.nodes.len());
-    for (_, uid) in due {
+    for uid in due {
         let Some(pending) = cache.pending.get(&uid) else {
             continue;
         };
@@ -596,6 +596,27 @@ async fn schedule_due(
             }
         }
     }
+}
+
+/// The uids of at most `room` pods whose backoff has passed, higher priority first (ties in
+/// no particular order). Compares priorities only, selects before it sorts, and clones only
+/// what it returns: the queue can hold thousands of pods and this runs every round.
+fn most_important_due(
+    pending: &BTreeMap<String, Pending>,
+    now: Instant,
+    room: usize,
+) -> Vec<String> {
+    let mut due: Vec<(std::cmp::Reverse<i32>, &String)> = pending
+        .iter()
+        .filter(|(_, p)| p.not_before <= now)
+        .map(|(uid, p)| (std::cmp::Reverse(p.priority), uid))
+        .collect();
+    if due.len() > room {
+        due.select_nth_unstable_by_key(room, |(prio, _)| *prio);
+        due.truncate(room);
+    }
+    due.sort_unstable_by_key(|(prio, _)| *prio);
+    due.into_iter().map(|(_, uid)| uid.clone()).collect()
 }
 
 /// Carries out a preemption: `pod` is nominated to the node (`status.nominatedNodeName`) and
@@ -818,5 +839,57 @@ mod tests {
             cache.pending.is_empty(),
             "pods of other schedulers are not ours"
         );
+    }
+
+    #[test]
+    fn the_queue_hands_out_the_most_important_due_pods_first() {
+        let now = Instant::now();
+        let mut pending = BTreeMap::new();
+        for (uid, prio, wait) in [
+            ("a", 0, 0),
+            ("b", 10, 0),
+            ("c", 5, 0),
+            ("d", 10, 60),
+            ("e", 7, 0),
+        ] {
+            let mut p = pod(uid, "100m", None);
+            p.spec.as_mut().unwrap().priority = Some(prio);
+            let mut entry = Pending::new(p);
+            entry.not_before = now + Duration::from_secs(wait);
+            pending.insert(uid.to_string(), entry);
+        }
+        // "d" is the most important but still backing off.
+        assert_eq!(most_important_due(&pending, now, 2), ["b", "e"]);
+        assert_eq!(most_important_due(&pending, now, 10), ["b", "e", "c", "a"]);
+    }
+
+    #[test]
+    fn cordoned_and_tainted_nodes_are_flagged_once() {
+        let mut n = node("n", "2");
+        let info = NodeInfo::new(n.clone());
+        assert!(!info.unschedulable && !info.tainted);
+        n.spec = Some(
+            serde_json::from_value(json!({"unschedulable": true,
+            "taints": [{"key": "k", "effect": "PreferNoSchedule"}]}))
+            .unwrap(),
+        );
+        let info = NodeInfo::new(n.clone());
+        assert!(
+            info.unschedulable && !info.tainted,
+            "PreferNoSchedule does not filter"
+        );
+        n.spec = Some(
+            serde_json::from_value(json!({
+            "taints": [{"key": "k", "effect": "NoExecute"}]}))
+            .unwrap(),
+        );
+        let info = NodeInfo::new(n);
+        assert!(!info.unschedulable && info.tainted);
+        // The filters still refuse a pod that does not tolerate the taint.
+        let f = framework();
+        let mut cache = Cache::default();
+        cache.observe_node(info.node.as_ref().clone(), true);
+        let (picked, _) = pick(&f, &cache, &pod("p", "100m", None), 0, 1);
+        assert!(picked.is_err(), "{picked:?}");
     }
 }

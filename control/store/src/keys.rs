@@ -7,16 +7,18 @@ use std::ops::Bound;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyRange {
     /// Exactly one key.
-    Single(Vec<u8>),
+    Single(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Every key `k` with `start <= k < end`.
     HalfOpen {
         /// First key (inclusive).
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
         /// Bound after the last key (exclusive).
+        #[serde(with = "serde_bytes")]
         end: Vec<u8>,
     },
     /// Every key `k` with `start <= k`.
-    From(Vec<u8>),
+    From(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl KeyRange {

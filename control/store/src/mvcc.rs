@@ -50,6 +50,15 @@ fn meta_key(k: &[u8]) -> Vec<u8> {
     [META_USER, k].concat()
 }
 
+/// One row of an exported state: column family index, key, value (byte strings encode as
+/// bytes, not as sequences of numbers).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Row(
+    pub u8,
+    #[serde(with = "serde_bytes")] pub Vec<u8>,
+    #[serde(with = "serde_bytes")] pub Vec<u8>,
+);
+
 /// A caller-owned metadata entry: (key, value).
 pub type MetaEntry = (Vec<u8>, Vec<u8>);
 
@@ -181,32 +190,62 @@ impl Mvcc {
     ) -> Result<(Header, TxnResponse, Vec<Event>), StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let snap = self.db.snapshot();
-        let view = View::new(self, &snap)?;
-        let mut w = WriteCtx {
-            main: view.current + 1,
-            sub: 0,
-            view,
-            overlay: BTreeMap::new(),
-            batch: WriteBatch::default(),
-            events: Vec::new(),
-            put_keys: HashSet::new(),
-            deleted: Vec::new(),
-        };
-        let resp = w.txn(req)?;
-        let wrote = w.sub > 0;
-        let revision = if wrote { w.main } else { w.view.current };
-        if wrote {
-            w.batch
-                .put_cf(self.cf(CF_META), META_CURRENT, w.main.to_be_bytes());
+        let mut run = Run::new(View::new(self, &snap)?);
+        let result = run.txn(req)?;
+        self.commit(run, meta)?;
+        Ok(result)
+    }
+
+    /// Runs transactions one after the other — each sees the writes of those before it and
+    /// writes at its own revision, as if each were its own [`Mvcc::txn`] — and writes all of
+    /// them with `meta` in one atomic batch: a crash applies all or none. Each transaction's
+    /// result is its own: a refused one (duplicate key, compacted revision…) writes nothing
+    /// and does not stop the others. Errors of the storage itself fail the whole call.
+    ///
+    /// A transaction reading at an explicit revision must run alone: the history it would read
+    /// from does not hold the revisions written earlier in the same call.
+    pub fn txns_with_meta(
+        &self,
+        reqs: &[&TxnRequest],
+        meta: &[MetaOp],
+    ) -> Result<Vec<TxnOutcome>, StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = self.db.snapshot();
+        let mut run = Run::new(View::new(self, &snap)?);
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match run.txn(req) {
+                Err(e @ (StoreError::Storage(_) | StoreError::Corrupt(_))) => return Err(e),
+                r => out.push(r),
+            }
         }
-        self.add_meta(&mut w.batch, meta);
-        if !w.batch.is_empty() {
+        self.commit(run, meta)?;
+        Ok(out)
+    }
+
+    /// Writes what `run` recorded, the new current revision and `meta` as one batch.
+    fn commit(&self, run: Run<'_>, meta: &[MetaOp]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for op in &run.ops {
+            match op {
+                BatchOp::Put(cf, k, v) => batch.put_cf(self.cf(cf), k, v),
+                BatchOp::Delete(cf, k) => batch.delete_cf(self.cf(cf), k),
+            }
+        }
+        if run.wrote {
+            batch.put_cf(
+                self.cf(CF_META),
+                META_CURRENT,
+                run.view.current.to_be_bytes(),
+            );
+        }
+        self.add_meta(&mut batch, meta);
+        if !batch.is_empty() {
             let mut wo = WriteOptions::default();
             wo.set_sync(self.sync);
-            self.db.write_opt(w.batch, &wo)?;
+            self.db.write_opt(batch, &wo)?;
         }
-        // A read-only transaction does not advance the revision and produces no events.
-        Ok((Header { revision }, resp, w.events))
+        Ok(())
     }
 
     fn add_meta(&self, batch: &mut WriteBatch, meta: &[MetaOp]) {
@@ -269,12 +308,12 @@ impl Mvcc {
     /// RocksDB snapshot: what a Raft snapshot carries.
     pub fn export(&self) -> Result<Vec<u8>, StoreError> {
         let snap = self.db.snapshot();
-        let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for (i, name) in ALL_CFS.iter().enumerate() {
             let mut it = snap.raw_iterator_cf(self.cf(name));
             it.seek_to_first();
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                rows.push((i as u8, k.to_vec(), v.to_vec()));
+                rows.push(Row(i as u8, k.to_vec(), v.to_vec()));
                 it.next();
             }
             it.status()?;
@@ -284,7 +323,7 @@ impl Mvcc {
 
     /// Replaces the whole state with an [`Mvcc::export`]ed one, atomically.
     pub fn import(&self, data: &[u8]) -> Result<(), StoreError> {
-        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = decode(data, "snapshot")?;
+        let rows: Vec<Row> = decode(data, "snapshot")?;
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         for name in ALL_CFS {
@@ -296,7 +335,7 @@ impl Mvcc {
             }
             it.status()?;
         }
-        for (cf, k, v) in rows {
+        for Row(cf, k, v) in rows {
             let name = ALL_CFS
                 .get(usize::from(cf))
                 .ok_or_else(|| StoreError::Corrupt(format!("snapshot names column family {cf}")))?;
@@ -501,6 +540,11 @@ impl<'a> View<'a> {
 
     /// Every current key-value in `range`, seen through the transaction's own writes.
     fn current(&self, range: &KeyRange, overlay: &Overlay) -> Result<Vec<KeyValue>, StoreError> {
+        if let KeyRange::Single(key) = range {
+            // A point lookup: cheaper than an iterator seek (every compare and put of a write
+            // comes here).
+            return Ok(self.get(key, overlay)?.into_iter().collect());
+        }
         let mut out = Vec::new();
         let mut it = self.iter(CF_KV);
         it.seek(range.start());
@@ -642,15 +686,88 @@ impl<'a> View<'a> {
     }
 }
 
-/// The state of one write transaction while it runs.
-struct WriteCtx<'a> {
+/// One transaction's result: its header (the revision after it), its answer and its changes.
+pub type TxnOutcome = Result<(Header, TxnResponse, Vec<Event>), StoreError>;
+
+/// A write recorded for the batch: column family, key, value.
+enum BatchOp {
+    Put(&'static str, Vec<u8>, Vec<u8>),
+    Delete(&'static str, Vec<u8>),
+}
+
+/// Transactions run one after another on one snapshot: what they wrote so far (the overlay
+/// their reads see, the batch operations) and the revision they reached.
+struct Run<'a> {
+    /// The snapshot; its `current` advances with every transaction that writes.
     view: View<'a>,
+    overlay: Overlay,
+    ops: Vec<BatchOp>,
+    wrote: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(view: View<'a>) -> Run<'a> {
+        Run {
+            view,
+            overlay: BTreeMap::new(),
+            ops: Vec::new(),
+            wrote: false,
+        }
+    }
+
+    /// Runs one transaction at the next revision; a refused one leaves no trace.
+    fn txn(&mut self, req: &TxnRequest) -> TxnOutcome {
+        let (ops_before, main) = (self.ops.len(), self.view.current + 1);
+        let mut w = WriteCtx {
+            main,
+            sub: 0,
+            run: self,
+            undo: Vec::new(),
+            events: Vec::new(),
+            put_keys: HashSet::new(),
+            deleted: Vec::new(),
+        };
+        match w.txn(req) {
+            Ok(resp) => {
+                let (wrote, events) = (w.sub > 0, std::mem::take(&mut w.events));
+                drop(w);
+                if wrote {
+                    self.view.current = main;
+                    self.wrote = true;
+                }
+                Ok((
+                    Header {
+                        revision: self.view.current,
+                    },
+                    resp,
+                    events,
+                ))
+            }
+            Err(e) => {
+                let undo = std::mem::take(&mut w.undo);
+                drop(w);
+                for (key, prev) in undo.into_iter().rev() {
+                    match prev {
+                        Some(v) => self.overlay.insert(key, v),
+                        None => self.overlay.remove(&key),
+                    };
+                }
+                self.ops.truncate(ops_before);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The state of one write transaction while it runs.
+struct WriteCtx<'r, 'a> {
+    run: &'r mut Run<'a>,
     /// The revision this transaction writes at.
     main: u64,
     /// The next sub-revision; also the number of writes so far.
     sub: u32,
-    overlay: Overlay,
-    batch: WriteBatch,
+    /// What the overlay held before each of this transaction's writes (to take them back).
+    undo: Vec<(Vec<u8>, Option<Option<KeyValue>>)>,
     events: Vec<Event>,
     /// Keys put so far, and ranges deleted so far: etcd refuses a transaction that writes a key
     /// twice, since the outcome would depend on operation order in a surprising way.
@@ -658,7 +775,7 @@ struct WriteCtx<'a> {
     deleted: Vec<KeyRange>,
 }
 
-impl WriteCtx<'_> {
+impl WriteCtx<'_, '_> {
     fn next_revision(&mut self) -> Revision {
         let rev = Revision::new(self.main, self.sub);
         self.sub += 1;
@@ -681,7 +798,7 @@ impl WriteCtx<'_> {
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
-                Op::Range(r) => OpResponse::Range(self.view.range(r, &self.overlay)?),
+                Op::Range(r) => OpResponse::Range(self.run.view.range(r, &self.run.overlay)?),
                 Op::Put(p) => OpResponse::Put(self.put(p)?),
                 Op::Delete(d) => OpResponse::Delete(self.delete(d)?),
                 Op::Txn(t) => OpResponse::Txn(self.txn(t)?),
@@ -694,7 +811,7 @@ impl WriteCtx<'_> {
     }
 
     fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
-        let kvs = self.view.current(&c.range, &self.overlay)?;
+        let kvs = self.run.view.current(&c.range, &self.run.overlay)?;
         if kvs.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
                 return Ok(false);
@@ -713,7 +830,7 @@ impl WriteCtx<'_> {
         {
             return Err(StoreError::DuplicateKey);
         }
-        let prev = self.view.get(&req.key, &self.overlay)?;
+        let prev = self.run.view.get(&req.key, &self.run.overlay)?;
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(StoreError::KeyNotFound);
         }
@@ -751,7 +868,7 @@ impl WriteCtx<'_> {
             return Err(StoreError::DuplicateKey);
         }
         self.deleted.push(req.range.clone());
-        let victims = self.view.current(&req.range, &self.overlay)?;
+        let victims = self.run.view.current(&req.range, &self.run.overlay)?;
         for prev in &victims {
             let rev = self.next_revision();
             let tomb = KeyValue {
@@ -775,25 +892,33 @@ impl WriteCtx<'_> {
         kv: KeyValue,
         prev: Option<KeyValue>,
     ) -> Result<(), StoreError> {
-        let store = self.view.store;
         let mut index_key = escape(&kv.key);
         index_key.extend_from_slice(&rev.to_bytes());
-        match kind {
-            EventKind::Put => {
-                self.batch.put_cf(store.cf(CF_KV), &kv.key, encode(&kv)?);
-                self.batch.put_cf(store.cf(CF_INDEX), index_key, [LIVE]);
-                self.overlay.insert(kv.key.clone(), Some(kv.clone()));
-            }
-            EventKind::Delete => {
-                self.batch.delete_cf(store.cf(CF_KV), &kv.key);
-                self.batch
-                    .put_cf(store.cf(CF_INDEX), index_key, [TOMBSTONE]);
-                self.overlay.insert(kv.key.clone(), None);
-            }
-        }
+        let (ops, now) = match kind {
+            EventKind::Put => (
+                [
+                    BatchOp::Put(CF_KV, kv.key.clone(), encode(&kv)?),
+                    BatchOp::Put(CF_INDEX, index_key, vec![LIVE]),
+                ],
+                Some(kv.clone()),
+            ),
+            EventKind::Delete => (
+                [
+                    BatchOp::Delete(CF_KV, kv.key.clone()),
+                    BatchOp::Put(CF_INDEX, index_key, vec![TOMBSTONE]),
+                ],
+                None,
+            ),
+        };
+        self.run.ops.extend(ops);
+        let before = self.run.overlay.insert(kv.key.clone(), now);
+        self.undo.push((kv.key.clone(), before));
         let rec = Record { kind, kv };
-        self.batch
-            .put_cf(store.cf(CF_HISTORY), rev.to_bytes(), encode(&rec)?);
+        self.run.ops.push(BatchOp::Put(
+            CF_HISTORY,
+            rev.to_bytes().to_vec(),
+            encode(&rec)?,
+        ));
         self.events.push(Event {
             kind,
             kv: rec.kv,

@@ -9,6 +9,7 @@ use crate::keys::KeyRange;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Main revision of the write that created the key (since its last deletion).
     pub create_revision: u64,
@@ -17,6 +18,7 @@ pub struct KeyValue {
     /// Number of writes since creation (1 on create); 0 for a deleted key.
     pub version: u64,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The lease the key is attached to; 0 for none.
     pub lease: i64,
@@ -86,8 +88,10 @@ pub struct RangeResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key (must not be empty).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The lease to attach (0: none).
     pub lease: i64,
@@ -134,7 +138,7 @@ pub enum CompareTarget {
     /// The key's mod revision (0 if absent).
     ModRevision(u64),
     /// The key's value (a comparison on an absent key is false).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key's lease (0 if absent or none).
     Lease(i64),
 }

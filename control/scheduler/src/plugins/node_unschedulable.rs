@@ -60,7 +60,7 @@ impl Plugin for NodeUnschedulable {
 impl Filter for NodeUnschedulable {
     fn filter(&self, _state: &CycleState, pod: &Pod, node: &NodeInfo) -> Status {
         Status::fits_or(
-            fits(pod, &node.node),
+            !node.unschedulable || fits(pod, &node.node),
             Code::UnschedulableAndUnresolvable,
             REASON,
         )

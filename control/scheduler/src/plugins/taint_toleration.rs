@@ -57,7 +57,7 @@ impl Plugin for TaintToleration {
 impl Filter for TaintToleration {
     fn filter(&self, _state: &CycleState, pod: &Pod, node: &NodeInfo) -> Status {
         Status::fits_or(
-            fits(pod, &node.node),
+            !node.tainted || fits(pod, &node.node),
             Code::UnschedulableAndUnresolvable,
             REASON,
         )

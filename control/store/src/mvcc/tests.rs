@@ -429,3 +429,103 @@ fn data_survives_reopening() {
     );
     assert_eq!(put(&s, "a", "3"), 3);
 }
+
+fn put_op(k: &str, v: &str) -> Op {
+    Op::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_batch_runs_each_transaction_at_its_own_revision_in_one_atomic_write() {
+    let mut s = TempStore::new("batch");
+    assert_eq!(put(&s, "z", "0"), 1);
+    let create_a = TxnRequest {
+        compares: vec![Compare {
+            range: single("a"),
+            target: CompareTarget::Version(0),
+            op: CompareOp::Equal,
+        }],
+        success: vec![put_op("a", "again")],
+        failure: vec![Op::Range(RangeRequest::new(single("a")))],
+    };
+    let twice = TxnRequest {
+        success: vec![put_op("b", "1"), put_op("b", "2")],
+        ..Default::default()
+    };
+    let delete_a = TxnRequest {
+        success: vec![Op::Delete(DeleteRequest {
+            range: single("a"),
+            prev_kv: true,
+        })],
+        ..Default::default()
+    };
+    let first = TxnRequest {
+        success: vec![put_op("a", "1")],
+        ..Default::default()
+    };
+    let meta = [MetaOp::Put(b"applied".to_vec(), b"7".to_vec())];
+    let out = s
+        .txns_with_meta(&[&first, &create_a, &twice, &delete_a], &meta)
+        .unwrap();
+    // The first writes at 2; the second sees that write (its compare fails, its read finds
+    // "a") and, writing nothing, answers revision 2; the third is refused and leaves no
+    // trace; the fourth deletes "a" at 3.
+    let (h, _, events) = out[0].as_ref().unwrap();
+    assert_eq!((h.revision, events.len()), (2, 1));
+    let (h, r, events) = out[1].as_ref().unwrap();
+    assert!(!r.succeeded);
+    assert!(events.is_empty());
+    assert_eq!(h.revision, 2);
+    match &r.responses[0] {
+        OpResponse::Range(rr) => assert_eq!(values(rr), [("a".into(), "1".into())]),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(out[2], Err(StoreError::DuplicateKey)));
+    let (h, r, events) = out[3].as_ref().unwrap();
+    assert_eq!(h.revision, 3);
+    assert_eq!(events[0].kv.mod_revision, 3);
+    assert!(matches!(&r.responses[0], OpResponse::Delete(d) if d.deleted == 1));
+
+    // All of it is on disk, history included, with the caller's metadata.
+    s.reopen();
+    assert_eq!(s.revisions().unwrap().0, 3);
+    assert!(get(&s, single("a"), 0).unwrap().kvs.is_empty());
+    assert_eq!(
+        values(&get(&s, single("a"), 2).unwrap()),
+        [("a".into(), "1".into())]
+    );
+    assert!(get(&s, single("b"), 0).unwrap().kvs.is_empty());
+    assert_eq!(s.read_meta(b"applied").unwrap(), Some(b"7".to_vec()));
+    assert_eq!(put(&s, "c", "1"), 4);
+}
+
+#[test]
+fn byte_strings_encode_as_before_they_were_marked_as_bytes() {
+    // Keys and values are now encoded as byte strings rather than sequences of numbers; the
+    // encoding must not change, or stored data and older members would no longer decode.
+    let kv = KeyValue {
+        key: b"/registry/pods/default/a".to_vec(),
+        create_revision: 3,
+        mod_revision: 4,
+        version: 2,
+        value: vec![0, 1, 2, 255],
+        lease: 7,
+    };
+    let as_sequences = (
+        kv.key.clone(),
+        kv.create_revision,
+        kv.mod_revision,
+        kv.version,
+        kv.value.clone(),
+        kv.lease,
+    );
+    assert_eq!(encode(&kv).unwrap(), encode(&as_sequences).unwrap());
+    let row = Row(2, b"k".to_vec(), b"v".to_vec());
+    assert_eq!(
+        encode(&row).unwrap(),
+        encode(&(2u8, b"k".to_vec(), b"v".to_vec())).unwrap()
+    );
+}

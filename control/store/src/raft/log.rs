@@ -220,9 +220,16 @@ impl RaftLog {
         self.meta(META_VOTE)
     }
 
-    /// Persists the committed log id (lets a restarted member re-apply without waiting).
+    /// Records the committed log id (lets a restarted member re-apply without waiting).
+    ///
+    /// Not synced: openraft 0.9 awaits this on its core loop at every commit, and an fsync
+    /// there would stall the core at each one. Losing the record (a power failure) only
+    /// makes a restarted member wait for the leader to tell it the commit index again; the
+    /// WAL is sequential, so a record that survives never names entries that did not.
     pub fn save_committed(&self, committed: &Option<LogId<u64>>) -> Result<(), StoreError> {
-        self.put_meta(META_COMMITTED, committed)
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), META_COMMITTED, encode(committed)?);
+        Ok(self.db.write(batch)?)
     }
 
     /// The persisted committed log id.

@@ -6,6 +6,7 @@
 //! with mutual TLS. [`node`] serves reads and proposals from any member; [`membership`] changes
 //! the member set at runtime.
 
+pub mod batcher;
 pub mod log;
 pub mod membership;
 pub mod network;
@@ -34,6 +35,9 @@ pub enum Command {
     },
     /// Revoke a lease and delete its keys.
     LeaseRevoke(i64),
+    /// Several transactions in one log entry (proposals that arrived together, see
+    /// [`batcher`]): applied in order, each at its own revision, all in one atomic write.
+    Batch(Vec<TxnRequest>),
 }
 
 /// What applying a [`Command`] answered.
@@ -59,6 +63,9 @@ pub enum CommandResponse {
     /// The command failed deterministically (e.g. a duplicate key); every member answers the
     /// same, nothing was written.
     Failed(String),
+    /// A [`Command::Batch`]'s answers, one per transaction, in order (each a `Txn` or a
+    /// `Failed`).
+    Batch(Vec<CommandResponse>),
 }
 
 /// A member's address, as other members and clients reach it.
@@ -97,6 +104,9 @@ pub fn config(heartbeat_ms: u64, election_ms: u64) -> openraft::Config {
         election_timeout_max: election_ms,
         // Snapshots are sent whole; the default 200 ms chunk timeout is too short for them.
         install_snapshot_timeout: 10_000,
+        // Entries can be batches of up to 256 KiB (see `batcher`): 64 of them keep one
+        // AppendEntries well under the peer transport's frame limit.
+        max_payload_entries: 64,
         ..Default::default()
     }
 }

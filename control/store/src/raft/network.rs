@@ -116,11 +116,13 @@ impl PeerEndpoint {
     pub async fn serve(
         self,
         raft: Raft<TypeConfig>,
+        batcher: super::batcher::Batcher,
         leases: SharedLeases,
         removed: Arc<tokio::sync::watch::Sender<bool>>,
     ) {
         while let Some(incoming) = self.endpoint.accept().await {
             let raft = raft.clone();
+            let batcher = batcher.clone();
             let leases = leases.clone();
             let removed = removed.clone();
             tokio::spawn(async move {
@@ -134,11 +136,12 @@ impl PeerEndpoint {
                 };
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     let raft = raft.clone();
+                    let batcher = batcher.clone();
                     let leases = leases.clone();
                     let removed = removed.clone();
                     let conn = conn.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(raft, leases, &removed, send, recv).await {
+                        if let Err(e) = answer(raft, &batcher, leases, &removed, send, recv).await {
                             tracing::warn!(peer = %conn.remote_address(), error = %e, "bad peer message; closing its connection");
                             conn.close(1u32.into(), b"bad message");
                         }
@@ -159,6 +162,7 @@ pub type SharedLeases = Arc<std::sync::Mutex<LeaseTable>>;
 
 async fn answer(
     raft: Raft<TypeConfig>,
+    batcher: &super::batcher::Batcher,
     leases: SharedLeases,
     removed: &tokio::sync::watch::Sender<bool>,
     mut send: quinn::SendStream,
@@ -183,12 +187,7 @@ async fn answer(
         PeerRequest::InstallSnapshot(r) => {
             PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
         }
-        PeerRequest::Propose(cmd) => PeerResponse::Propose(
-            raft.client_write(cmd)
-                .await
-                .map(|r| r.data)
-                .map_err(|e| e.to_string()),
-        ),
+        PeerRequest::Propose(cmd) => PeerResponse::Propose(batcher.write_here(cmd).await),
         PeerRequest::ReadIndex => PeerResponse::ReadIndex(
             raft.ensure_linearizable()
                 .await
@@ -233,6 +232,20 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
+    /// Sends `req` to `leader` (id and address), waiting at most `ttl` for the answer.
+    pub async fn send_to(
+        &self,
+        leader: Option<(u64, Member)>,
+        req: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, String> {
+        let Some((id, node)) = leader else {
+            return Err("no leader known yet".into());
+        };
+        let mut client = self.clone().new_client(id, &node).await;
+        client.request(req, ttl).await
+    }
+
     /// Dials through `endpoint`.
     pub fn new(endpoint: PeerEndpoint) -> PeerNetwork {
         PeerNetwork {

@@ -12,9 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::Raft;
 
+use super::batcher::Batcher;
 use super::log::RaftLog;
 use super::membership::{self, MemberChange, MemberRefusal};
 use super::network::{lock, PeerEndpoint, PeerNetwork, PeerRequest, PeerResponse, SharedLeases};
@@ -30,13 +31,14 @@ use crate::{Mvcc, MvccOptions, StoreError};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one forwarded attempt may take: a leader that just died must not hold a request
 /// for long; the next attempt goes to whoever leads by then.
-const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// One member of the replicated store.
 #[derive(Clone)]
 pub struct StoreNode {
     id: u64,
     raft: Raft<TypeConfig>,
+    batcher: Batcher,
     mvcc: Arc<Mvcc>,
     hub: WatchHub,
     leases: SharedLeases,
@@ -78,16 +80,19 @@ impl StoreNode {
         let raft = Raft::new(id, config, network.clone(), log, sm)
             .await
             .map_err(|e| StoreError::Transport(format!("starting Raft: {e}")))?;
+        let batcher = Batcher::start(raft.clone(), network.clone());
         let removed = Arc::new(tokio::sync::watch::Sender::new(false));
-        tokio::spawn(
-            endpoint
-                .clone()
-                .serve(raft.clone(), leases.clone(), removed.clone()),
-        );
+        tokio::spawn(endpoint.clone().serve(
+            raft.clone(),
+            batcher.clone(),
+            leases.clone(),
+            removed.clone(),
+        ));
         let node = StoreNode {
             removed,
             id,
             raft,
+            batcher,
             mvcc,
             hub,
             leases,
@@ -145,12 +150,7 @@ impl StoreNode {
         leader: Option<(u64, Member)>,
         req: PeerRequest,
     ) -> Result<PeerResponse, String> {
-        let Some((id, node)) = leader else {
-            return Err("no leader known yet".into());
-        };
-        use openraft::network::RaftNetworkFactory;
-        let mut client = self.network.clone().new_client(id, &node).await;
-        client.request(req, FORWARD_TIMEOUT).await
+        self.network.send_to(leader, req, FORWARD_TIMEOUT).await
     }
 
     /// The leader and term this member currently believes in.
@@ -178,19 +178,8 @@ impl StoreNode {
 
     /// Proposes `cmd` and returns its result once applied.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse, StoreError> {
-        self.until_served(|| async {
-            match self.raft.client_write(cmd.clone()).await {
-                Ok(r) => Ok(r.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match self.forward(&f, PeerRequest::Propose(cmd.clone())).await? {
-                        PeerResponse::Propose(r) => r,
-                        _ => Err("the leader answered a different request".into()),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await
+        self.until_served(|| async { self.batcher.write(cmd.clone()).await })
+            .await
     }
 
     /// Waits until this member's state reflects every write committed before the call.

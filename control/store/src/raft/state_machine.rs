@@ -54,6 +54,7 @@ fn lease_key(id: i64) -> Vec<u8> {
 /// A snapshot as it travels: the state and what it covers.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotBody {
+    #[serde(with = "serde_bytes")]
     state: Vec<u8>,
 }
 
@@ -140,6 +141,7 @@ impl StateMachine {
                 }
                 self.run_txn(&req, vec![applied], CommandResponse::Txn)
             }
+            Command::Batch(reqs) => self.run_batch(&reqs, applied),
             Command::Compact(rev) => {
                 let result = self.mvcc.compact(rev);
                 self.mvcc.write_meta(&[applied])?;
@@ -199,6 +201,63 @@ impl StateMachine {
         }
     }
 
+    /// Applies several transactions as one atomic write (a [`Command::Batch`]).
+    fn run_batch(
+        &self,
+        reqs: &[TxnRequest],
+        applied: MetaOp,
+    ) -> Result<CommandResponse, StoreError> {
+        let refused: Vec<Option<i64>> = {
+            let leases = self.lock_leases();
+            reqs.iter().map(|r| unknown_lease(r, &leases)).collect()
+        };
+        let runnable: Vec<&TxnRequest> = reqs
+            .iter()
+            .zip(&refused)
+            .filter(|(_, refused)| refused.is_none())
+            .map(|(r, _)| r)
+            .collect();
+        let mut outcomes = self.mvcc.txns_with_meta(&runnable, &[applied])?.into_iter();
+        let mut answers = Vec::with_capacity(reqs.len());
+        for refused in refused {
+            if refused.is_some() {
+                answers.push(CommandResponse::Failed(
+                    "etcdserver: requested lease not found".into(),
+                ));
+                continue;
+            }
+            answers.push(match outcomes.next() {
+                Some(Ok((h, resp, events))) => {
+                    self.publish(h.revision, events);
+                    CommandResponse::Txn(h, resp)
+                }
+                Some(Err(e)) => CommandResponse::Failed(e.to_string()),
+                None => return Err(StoreError::Corrupt("a batch lost a transaction".into())),
+            });
+        }
+        Ok(CommandResponse::Batch(answers))
+    }
+
+    /// After a transaction is written: the lease table follows its keys and watchers hear of
+    /// its changes.
+    fn publish(&self, revision: u64, events: Vec<crate::types::Event>) {
+        {
+            let mut leases = self.lock_leases();
+            for e in &events {
+                let prev = e.prev_kv.as_ref().map_or(0, |p| p.lease);
+                match e.kind {
+                    EventKind::Put => {
+                        let _ = leases.attach(e.kv.lease, &e.kv.key, prev);
+                    }
+                    EventKind::Delete => leases.detach(prev, &e.kv.key),
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.hub.notify(revision, events);
+        }
+    }
+
     fn run_txn(
         &self,
         req: &TxnRequest,
@@ -207,21 +266,7 @@ impl StateMachine {
     ) -> Result<CommandResponse, StoreError> {
         match self.mvcc.txn_with_meta(req, &meta) {
             Ok((h, resp, events)) => {
-                {
-                    let mut leases = self.lock_leases();
-                    for e in &events {
-                        let prev = e.prev_kv.as_ref().map_or(0, |p| p.lease);
-                        match e.kind {
-                            EventKind::Put => {
-                                let _ = leases.attach(e.kv.lease, &e.kv.key, prev);
-                            }
-                            EventKind::Delete => leases.detach(prev, &e.kv.key),
-                        }
-                    }
-                }
-                if !events.is_empty() {
-                    self.hub.notify(h.revision, events);
-                }
+                self.publish(h.revision, events);
                 Ok(answer(h, resp))
             }
             Err(e @ StoreError::Storage(_)) | Err(e @ StoreError::Corrupt(_)) => Err(e),
@@ -281,12 +326,12 @@ impl StateMachine {
 
     /// The applied log id and membership recorded inside an exported state.
     fn probe(state: &[u8]) -> Result<(Option<LogId<u64>>, Membership), StoreError> {
-        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = decode(state, "snapshot")?;
+        let rows: Vec<crate::mvcc::Row> = decode(state, "snapshot")?;
         let key = |k: &[u8]| [b"user/".as_slice(), k].concat();
         let (applied_key, membership_key) = (key(META_APPLIED), key(META_MEMBERSHIP));
         let mut applied = None;
         let mut membership = Membership::default();
-        for (_, k, v) in &rows {
+        for crate::mvcc::Row(_, k, v) in &rows {
             if *k == applied_key {
                 applied = decode(v, "applied log id")?;
             } else if *k == membership_key {

@@ -328,3 +328,72 @@ async fn members_are_added_as_learners_promoted_and_removed() {
     let m = c.nodes[&now].raft().metrics().borrow().clone();
     assert!(m.membership_config.membership().get_node(&gone).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_yet_each_gets_its_own_revision() {
+    let c = start("batched", 3).await;
+    let ids = c.ids();
+    let leader = c.leader(&ids).await;
+    // 300 writes at once, through every member: more than the batcher lets be in flight,
+    // so most travel in shared entries.
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..300u64 {
+        let node = c.nodes[&ids[(i % 3) as usize]].clone();
+        writes.spawn(async move {
+            let cmd = Command::Txn(TxnRequest {
+                success: vec![Op::Put(PutRequest {
+                    key: format!("/batched/{i:03}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })],
+                ..Default::default()
+            });
+            match node.propose(cmd).await.unwrap() {
+                CommandResponse::Txn(h, _) => h.revision,
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+    let mut revisions = Vec::new();
+    while let Some(r) = writes.join_next().await {
+        revisions.push(r.unwrap());
+    }
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        300,
+        "every write has a revision of its own"
+    );
+    assert_eq!(revisions, (1..=300).collect::<Vec<_>>());
+    let log = c.nodes[&leader]
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap();
+    assert!(
+        log < 300,
+        "300 writes should have needed fewer log entries, took {log}"
+    );
+    // Every member applies all of them (a follower may still be applying the last entries).
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, r) = c.nodes[id]
+                .mvcc()
+                .as_ref()
+                .range(&RangeRequest::new(KeyRange::prefix(b"/batched/")))
+                .unwrap();
+            if r.kvs.len() == 300 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "member {id} holds {} of the 300 writes",
+                r.kvs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

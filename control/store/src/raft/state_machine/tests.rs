@@ -131,3 +131,53 @@ async fn commands_apply_leases_revoke_keys_and_snapshots_restore_everything() {
     assert_eq!(r.kvs.len(), 1);
     assert_eq!(r.kvs[0].key, b"/plain");
 }
+
+#[tokio::test]
+async fn a_batch_entry_answers_each_transaction_and_notifies_each_revision() {
+    let root = std::env::temp_dir().join(format!("flotilla-sm-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let _guard = DirGuard(root.clone());
+    let mvcc = Arc::new(Mvcc::open(&root, MvccOptions { sync: false }).unwrap());
+    let hub = WatchHub::new(mvcc.clone()).unwrap();
+    let mut sm = StateMachine::open(mvcc.clone(), hub.clone()).unwrap();
+    let mut watch = hub.watch(
+        crate::watch::WatchRequest {
+            range: KeyRange::prefix(b"/"),
+            start_revision: 1,
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            progress: false,
+        },
+        16,
+    );
+    let txn = |cmd: Command| match cmd {
+        Command::Txn(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let batch = Command::Batch(vec![
+        txn(put("/a", 0)),
+        txn(put("/b", 77)), // an unknown lease: refused alone
+        txn(put("/c", 0)),
+    ]);
+    let out = sm.apply(vec![normal(1, batch)]).await.unwrap();
+    let CommandResponse::Batch(answers) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(matches!(answers[0], CommandResponse::Txn(h, _) if h.revision == 1));
+    assert!(matches!(answers[1], CommandResponse::Failed(ref m) if m.contains("lease not found")));
+    assert!(matches!(answers[2], CommandResponse::Txn(h, _) if h.revision == 2));
+    assert_eq!(sm.applied_state().await.unwrap().0.unwrap().index, 1);
+    // Watchers see two writes at two revisions, as if proposed one by one.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), watch.recv())
+            .await
+            .expect("events arrive")
+            .expect("the watch stays open");
+        if let crate::watch::WatchMessage::Events { revision, events } = message {
+            seen.extend(events.into_iter().map(|e| (e.kv.key, revision)));
+        }
+    }
+    assert_eq!(seen, [(b"/a".to_vec(), 1), (b"/c".to_vec(), 2)]);
+}
