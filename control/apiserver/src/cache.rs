@@ -58,6 +58,11 @@ pub struct Entry {
 impl Entry {
     fn new(value: Value) -> Entry {
         let json = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        Entry::with_json(value, json)
+    }
+
+    /// An entry whose JSON is already at hand.
+    fn with_json(value: Value, json: Bytes) -> Entry {
         let namespace = value
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
@@ -214,9 +219,12 @@ impl ResourceCache {
         let mut progress = 0;
         for c in changes {
             match c {
-                Change::Object(kind, value) => {
+                Change::Object(kind, value, json) => {
                     let revision = crate::storage::resource_version(&value).unwrap_or(0);
-                    let entry = Arc::new(Entry::new(value));
+                    let entry = Arc::new(match json {
+                        Some(json) => Entry::with_json(value, json),
+                        None => Entry::new(value),
+                    });
                     decoded.push(Arc::new(Event::change(kind, revision, entry)));
                 }
                 Change::Progress(r) => progress = progress.max(r),
@@ -478,14 +486,14 @@ mod tests {
         c.load(vec![], 1);
         c.commit(
             vec![
-                Change::Object("ADDED", cm("a", "x", 2)),
+                Change::Object("ADDED", cm("a", "x", 2), None),
                 Change::Progress(2),
             ],
             false,
         );
         c.commit(
             vec![
-                Change::Object("MODIFIED", cm("a", "x", 3)),
+                Change::Object("MODIFIED", cm("a", "x", 3), None),
                 Change::Progress(3),
             ],
             false,
@@ -497,9 +505,9 @@ mod tests {
         );
         c.commit(
             vec![
-                Change::Object("DELETED", cm("a", "x", 4)),
+                Change::Object("DELETED", cm("a", "x", 4), None),
                 Change::Progress(4),
-                Change::Object("ADDED", cm("b", "y", 5)),
+                Change::Object("ADDED", cm("b", "y", 5), None),
                 Change::Progress(5),
             ],
             false,

@@ -1557,7 +1557,7 @@ async fn watch_store<B: Backend>(
             };
             let Some(change) = next else { return };
             let line = match change {
-                Change::Object(kind, obj) if selected(&filter, &obj) => encode(kind, &obj),
+                Change::Object(kind, obj, _) if selected(&filter, &obj) => encode(kind, &obj),
                 Change::Object(..) | Change::Progress(_) => continue,
                 Change::Expired(e) => {
                     let status = serde_json::to_value(e.to_status()).unwrap_or_default();

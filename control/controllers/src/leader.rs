@@ -9,8 +9,12 @@
 //! was paused or cut off and wakes up after its successor took over cannot write, even before
 //! it notices that it lost the Lease.
 //!
-//! The leader renews every `renew_every`; if it cannot renew for a whole lease duration, or
-//! finds another holder, it stops its work and becomes a candidate again. On shutdown it
+//! The leader renews every `renew_every`; if it finds another holder, or cannot renew for two
+//! lease durations, it stops its work and becomes a candidate again. Two, not one: when the
+//! master that led the store stops, the store's own election (up to 2 s) leaves every renewal
+//! failing for about a lease duration, and a leader that gave up then handed its work to
+//! nobody. Waiting longer is safe because of the fencing: once another candidate takes the
+//! expired Lease, this leader's writes are refused, whether it has noticed or not. On shutdown it
 //! releases the Lease (no holder), so a successor takes over at once.
 
 use std::future::Future;
@@ -233,7 +237,7 @@ pub async fn run<W, Fut>(
                 Renewal::Taken(holder) => break Lost::Taken(holder),
                 Renewal::Failed(why) => {
                     tracing::warn!(lease = %cfg.name, %why, "leader election: renewal failed");
-                    if renewed.elapsed() >= cfg.election.lease_duration {
+                    if renewed.elapsed() >= cfg.election.lease_duration * 2 {
                         break Lost::Unrenewed;
                     }
                 }
@@ -274,7 +278,7 @@ pub async fn run<W, Fut>(
             }
             Lost::Unrenewed => tracing::warn!(
                 lease = %cfg.name,
-                "leader election: could not renew for a whole lease duration; stopped"
+                "leader election: could not renew for two lease durations; stopped"
             ),
         }
     }
