@@ -297,6 +297,13 @@ fn decode_change(
 /// `json` (an object) with `"resourceVersion":"<rv>"` as the first member of its top-level
 /// `metadata` object; `None` if it is not laid out so.
 fn with_resource_version(json: &[u8], rv: u64) -> Option<Vec<u8>> {
+    // Watch events are lines: bytes written by something other than this API server (a raw
+    // etcd put of pretty-printed JSON) are encoded again instead. (This server stores
+    // compact JSON without duplicate members; a raw put with two top-level "metadata"
+    // members would be spliced into the first.)
+    if json.iter().any(|&c| c == b'\n' || c == b'\r') {
+        return None;
+    }
     let at = top_level_value(json, b"metadata")?;
     if json.get(at) != Some(&b'{') {
         return None;
@@ -942,6 +949,11 @@ mod tests {
         assert_eq!(with_resource_version(br#"{"metadata": 5}"#, 1), None);
         assert_eq!(with_resource_version(br#"[{"metadata": {}}]"#, 1), None);
         assert_eq!(with_resource_version(br#"{"kind": "X"}"#, 1), None);
+        assert_eq!(
+            with_resource_version(b"{\n  \"metadata\": {}\n}", 1),
+            None,
+            "pretty-printed bytes would break the watch's lines"
+        );
         let (_, json) = decode_change(br#"{"metadata": {"resourceVersion": "7"}}"#, 9).unwrap();
         assert!(
             json.is_none(),

@@ -20,11 +20,13 @@ use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::network::{PeerNetwork, PeerRequest, PeerResponse};
-use super::node::FORWARD_TIMEOUT;
+use super::node::{FORWARD_TIMEOUT, REQUEST_TIMEOUT};
 use super::{Command, CommandResponse, Member, TypeConfig};
 use crate::types::{Op, TxnRequest};
 
-/// Proposals on their way to commit at once; more wait and are batched.
+/// Proposals on their way to commit at once; more wait and are batched. (The queue itself is
+/// unbounded: every waiting proposal has a caller waiting for its answer, bounded by the
+/// callers' own concurrency.)
 pub const MAX_IN_FLIGHT: usize = 4;
 /// Transactions in one batch at most.
 pub const MAX_BATCH: usize = 256;
@@ -131,15 +133,25 @@ pub fn batchable(req: &TxnRequest) -> bool {
 }
 
 fn written_bytes(req: &TxnRequest) -> usize {
-    req.success
+    let compared: usize = req
+        .compares
         .iter()
-        .chain(&req.failure)
-        .map(|op| match op {
-            Op::Put(p) => p.key.len() + p.value.len(),
-            Op::Txn(t) => written_bytes(t),
-            Op::Range(_) | Op::Delete(_) => 64,
+        .map(|c| match &c.target {
+            crate::types::CompareTarget::Value(v) => v.len(),
+            _ => 16,
         })
-        .sum()
+        .sum();
+    compared
+        + req
+            .success
+            .iter()
+            .chain(&req.failure)
+            .map(|op| match op {
+                Op::Put(p) => p.key.len() + p.value.len(),
+                Op::Txn(t) => written_bytes(t),
+                Op::Range(_) | Op::Delete(_) => 64,
+            })
+            .sum::<usize>()
 }
 
 async fn run(
@@ -148,21 +160,40 @@ async fn run(
     mut waiting: mpsc::UnboundedReceiver<Waiting>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = waiting.recv().await {
+    // A proposal that would have made the last batch too large starts the next one.
+    let mut carried: Option<Waiting> = None;
+    loop {
+        let first = match carried.take() {
+            Some(w) => w,
+            None => match waiting.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
         // Waiting for a slot is what lets a batch form.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let mut bytes = first.size;
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        while batch.len() < MAX_BATCH {
             match waiting.try_recv() {
+                Ok(w) if bytes + w.size > MAX_BATCH_BYTES => {
+                    carried = Some(w);
+                    break;
+                }
                 Ok(w) => {
                     bytes += w.size;
                     batch.push(w);
                 }
                 Err(_) => break,
             }
+        }
+        // A caller that gave up (its request timed out) is not proposed for: its write must
+        // not commit after it was told that it failed.
+        batch.retain(|w| !w.reply.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         let (raft, network) = (raft.clone(), network.clone());
         tokio::spawn(async move {
@@ -208,11 +239,13 @@ async fn commit(raft: &Raft<TypeConfig>, network: &PeerNetwork, batch: Vec<Waiti
         return;
     }
     let count = reqs.len();
-    let answer = raft
-        .client_write(command(reqs))
-        .await
-        .map(|written| written.data)
-        .map_err(|e| e.to_string());
+    // Bounded, so that a leader cut off from its followers frees the slot (the callers have
+    // given up by then; an entry that commits later is theirs to find, as before batching).
+    let answer = match tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(command(reqs))).await
+    {
+        Ok(written) => written.map(|w| w.data).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no commit within {REQUEST_TIMEOUT:?}")),
+    };
     deliver(answer, count, replies.into_iter().map(|(_, r)| r).collect());
 }
 
@@ -234,7 +267,7 @@ fn deliver(answer: Reply, count: usize, replies: Vec<oneshot::Sender<Reply>>) {
                 let _ = reply.send(Ok(answer));
             }
         }
-        Ok(answer) if count == 1 => {
+        Ok(answer) if count == 1 && !matches!(answer, CommandResponse::Batch(_)) => {
             for reply in replies {
                 let _ = reply.send(Ok(answer.clone()));
             }

@@ -187,7 +187,14 @@ async fn answer(
         PeerRequest::InstallSnapshot(r) => {
             PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
         }
-        PeerRequest::Propose(cmd) => PeerResponse::Propose(batcher.write_here(cmd).await),
+        PeerRequest::Propose(cmd) => {
+            // A sender that gave up (its forward timed out; it will retry) must not have this
+            // copy committed later as well: a proposal still waiting for a batch is dropped.
+            tokio::select! {
+                answer = batcher.write_here(cmd) => PeerResponse::Propose(answer),
+                _ = send.stopped() => return Ok(()),
+            }
+        }
         PeerRequest::ReadIndex => PeerResponse::ReadIndex(
             raft.ensure_linearizable()
                 .await

@@ -28,7 +28,7 @@ use crate::watch::WatchHub;
 use crate::{Mvcc, MvccOptions, StoreError};
 
 /// How long a client request may wait for a leader, a commit or a read index.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one forwarded attempt may take: a leader that just died must not hold a request
 /// for long; the next attempt goes to whoever leads by then.
 pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
