@@ -117,7 +117,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("flotilla: {e:#}");
+            // Not eprintln!, which panics when standard error cannot be written (a member's
+            // log on a full disk).
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "flotilla: {e:#}");
             ExitCode::FAILURE
         }
     }

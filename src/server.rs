@@ -521,6 +521,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 
     let mut failure = None;
     tokio::select! {
+        // A store failure often ends other tasks too (the API's watches of the store): when
+        // both are ready, the failure is what this member reports and waits on.
+        biased;
+        why = node.failed() => {
+            tracing::error!(error = %why, "the Raft core stopped; exiting so that this member can be restarted");
+            failure = Some(format!("the Raft core stopped: {why}"));
+        }
         sig = termination_signal() => tracing::info!(signal = sig, "shutting down"),
         _ = tasks.any_ended() => tracing::error!("an essential task ended; shutting down"),
         _ = node.removed() => {
@@ -530,12 +537,16 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             );
             failure = Some("this member was removed from the cluster".to_string());
         }
-        why = node.failed() => {
-            tracing::error!(error = %why, "the Raft core stopped; exiting so that this member can be restarted");
-            failure = Some(format!("the Raft core stopped: {why}"));
-        }
     }
     let _ = std::fs::remove_file(&published);
+    // A task that ended may have been the first to see the store fail (it was ready before
+    // the Raft core's report): the requests in flight still get the time to hear why.
+    if failure.is_none() {
+        if let Some(why) = flotilla_store::first_storage_failure() {
+            tracing::error!(error = %why, "the store failed; exiting so that this member can be restarted");
+            failure = Some(format!("the store failed: {why}"));
+        }
+    }
     if failure.is_some() {
         // Requests in flight have been told why (the store ends them on a fatal error): give
         // their answers time to reach the clients before the listeners close (0.5 s was not
