@@ -257,6 +257,12 @@ impl Mvcc {
         }
     }
 
+    /// Makes every write so far durable (syncs the write-ahead log), for a store opened
+    /// without [`MvccOptions::sync`].
+    pub fn sync(&self) -> Result<(), StoreError> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
     /// Applies caller-owned metadata atomically.
     pub fn write_meta(&self, meta: &[MetaOp]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();

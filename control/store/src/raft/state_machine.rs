@@ -287,6 +287,11 @@ impl StateMachine {
         // The applied id and membership are read from the exported state itself, so they
         // describe exactly the data the snapshot holds even while entries keep applying.
         let state = self.mvcc.export()?;
+        // The state machine's writes are not synced one by one (the Raft log is); once a
+        // snapshot exists openraft may purge the log entries it covers, so everything the
+        // export saw is made durable (synced after it, so nothing it holds is left out) —
+        // else a power failure could lose applied writes whose log entries are gone.
+        self.mvcc.sync()?;
         let (last_applied, membership) = StateMachine::probe(&state)?;
         let snapshot_id = match &last_applied {
             Some(l) => format!("{}-{}", l.leader_id.term, l.index),
