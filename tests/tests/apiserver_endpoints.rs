@@ -63,21 +63,28 @@ fn the_kubernetes_service_lists_every_live_api_server() {
         || endpoints(&cluster) == apis,
     );
     // One slice per port (here every master has its own port): the three addresses in all.
-    let slices = kubectl_ok(
-        &cluster,
-        "1.33",
-        &[
-            "get",
-            "endpointslices",
-            "-l",
-            "kubernetes.io/service-name=kubernetes",
-            "-o",
-            "jsonpath={range .items[*]}{.endpoints[0].addresses[0]}:{.ports[0].port} {end}",
-        ],
+    let slices = || {
+        let out = kubectl_ok(
+            &cluster,
+            "1.33",
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=kubernetes",
+                "-o",
+                "jsonpath={range .items[*]}{.endpoints[0].addresses[0]}:{.ports[0].port} {end}",
+            ],
+        );
+        let mut listed: Vec<String> = out.split_whitespace().map(String::from).collect();
+        listed.sort();
+        listed
+    };
+    wait_for(
+        "all three API servers in the EndpointSlices",
+        Duration::from_secs(15),
+        || slices() == apis,
     );
-    let mut listed: Vec<String> = slices.split_whitespace().map(String::from).collect();
-    listed.sort();
-    assert_eq!(listed, apis, "{slices}");
 
     // A clean stop of m3: it deletes its Lease and leaves the endpoints.
     let m3 = &processes[2];

@@ -102,25 +102,45 @@ where
     crate::runner::upsert(api, name, object).await
 }
 
-async fn reconcile(client: &kube::Client, leases: &Api<Lease>) -> Result<(), kube::Error> {
+async fn live_servers(leases: &Api<Lease>) -> Result<Vec<SocketAddr>, kube::Error> {
     let list = leases
         .list(&ListParams::default().labels(&format!("{IDENTITY_LABEL}=kube-apiserver")))
         .await?
         .items;
-    let servers = live(&list, Timestamp::now());
+    Ok(live(&list, Timestamp::now()))
+}
+
+/// Writes the endpoints from the live Leases. Every master does this, so one that listed the
+/// Leases before another master's Lease appeared can overwrite newer endpoints; each therefore
+/// lists again after writing and writes again while the live set moved under it, so the last
+/// writer always leaves the current set.
+async fn reconcile(client: &kube::Client, leases: &Api<Lease>) -> Result<(), kube::Error> {
+    let mut servers = live_servers(leases).await?;
+    for _ in 0..5 {
+        write_endpoints(client, &servers).await?;
+        let now = live_servers(leases).await?;
+        if now == servers {
+            break;
+        }
+        servers = now;
+    }
+    Ok(())
+}
+
+async fn write_endpoints(client: &kube::Client, servers: &[SocketAddr]) -> Result<(), kube::Error> {
     let labels = json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
     upsert(
         &Api::<Endpoints>::namespaced(client.clone(), "default"),
         "kubernetes",
         json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
-               "subsets": subsets(&servers)}),
+               "subsets": subsets(servers)}),
     )
     .await?;
     // One EndpointSlice per port (a slice has one port list): `kubernetes` for the first,
     // `kubernetes-<port>` for others; slices of ports no longer served go.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let mut by_port: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-    for s in &servers {
+    for s in servers {
         by_port
             .entry(s.port())
             .or_default()
