@@ -57,6 +57,32 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
         let k = Kubectl::new(&cluster, version);
         let ns = format!("demo-{}", version.replace('.', "-"));
 
+        // Discovery comes aggregated, in the newest form each kubectl asks for (1.27 knows
+        // v2beta1 only), and names every resource with its short names and scope.
+        let out = k.run(&["api-resources", "-v=8"]);
+        assert!(out.status.success(), "{}", show(&out));
+        let log = String::from_utf8_lossy(&out.stderr);
+        let form = if version == "1.27" { "v2beta1" } else { "v2" };
+        assert!(
+            log.contains(&format!(
+                "Content-Type: application/json;g=apidiscovery.k8s.io;v={form};as=APIGroupDiscoveryList"
+            )),
+            "{log}"
+        );
+        let table = String::from_utf8_lossy(&out.stdout);
+        for row in [
+            "deployments                        deploy       apps/v1",
+            "pods                               po           v1",
+        ] {
+            let words: Vec<&str> = row.split_whitespace().collect();
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.split_whitespace().take(3).eq(words.iter().copied())),
+                "{row}: {table}"
+            );
+        }
+
         // The initial namespaces exist, as a table with kubectl's columns.
         let out = k.ok(&["get", "namespaces"]);
         assert!(out.starts_with("NAME"), "{out}");

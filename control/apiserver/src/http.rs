@@ -90,6 +90,50 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// `/api` (`core`) or `/apis`: aggregated discovery when `Accept` asks for it first, the plain
+/// list otherwise; with an `ETag`, answered by 304 when the client has the same already.
+fn discovery_response(headers: &HeaderMap, core: bool) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = match crate::discovery::negotiate(accept) {
+        Some(v) => (
+            crate::discovery::aggregated_content_type(v),
+            crate::discovery::aggregated(core, v),
+        ),
+        None if core => (
+            "application/json".to_string(),
+            crate::discovery::api_versions(),
+        ),
+        None => (
+            "application/json".to_string(),
+            crate::discovery::api_groups(),
+        ),
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let etag = format!("\"{:016x}\"", fnv1a(&body));
+    let vary = (header::VARY, "Accept".to_string());
+    let tag = (header::ETAG, etag.clone());
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if unchanged {
+        return (StatusCode::NOT_MODIFIED, [vary, tag]).into_response();
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type), vary, tag],
+        body,
+    )
+        .into_response()
+}
+
+/// FNV-1a over `bytes`: the same on every master and every run, unlike the std hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The query parameters the API understands.
 #[derive(Debug, Default)]
 struct Query {
@@ -478,14 +522,12 @@ async fn serve<B: Backend>(
         crate::rbac::authorize(&api.storage, user, &attrs).await?;
     }
     match (method, target) {
-        (Method::GET, Target::Version) => Ok(json_response(StatusCode::OK, &version())),
+        (Method::GET, Target::Version) => {
+            Ok(json_response(StatusCode::OK, &crate::discovery::version()))
+        }
         (_, Target::Health) => Ok((StatusCode::OK, "ok").into_response()),
-        (Method::GET, Target::ApiVersions) => Ok(json_response(
-            StatusCode::OK,
-            &json!({"kind": "APIVersions", "versions": ["v1"],
-                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
-        )),
-        (Method::GET, Target::ApiGroups) => Ok(json_response(StatusCode::OK, &api_groups())),
+        (Method::GET, Target::ApiVersions) => Ok(discovery_response(&parts.headers, true)),
+        (Method::GET, Target::ApiGroups) => Ok(discovery_response(&parts.headers, false)),
         (Method::GET, Target::OpenApiV2) => Ok((
             StatusCode::OK,
             [(
@@ -503,9 +545,10 @@ async fn serve<B: Backend>(
             Some(doc) => Ok(json_response(StatusCode::OK, &doc)),
             None => Err(not_found_path(&path)),
         },
-        (Method::GET, Target::Resources(g, v)) => {
-            Ok(json_response(StatusCode::OK, &resource_list(g, v)))
-        }
+        (Method::GET, Target::Resources(g, v)) => Ok(json_response(
+            StatusCode::OK,
+            &crate::discovery::resource_list(g, v),
+        )),
         (Method::GET, Target::Collection(res, ns)) if query.watch => {
             watch(&api, res, ns.as_deref(), &query, table).await
         }
@@ -562,13 +605,13 @@ async fn serve<B: Backend>(
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::GET, Target::Object(res, ns, name, Some(sub)))
-            if sub == "scale" && has_scale(res) =>
+            if sub == "scale" && res.has_scale() =>
         {
             let obj = api.storage.get(res, ns.as_deref(), &name).await?;
             Ok(json_response(StatusCode::OK, &scale_of(&obj)))
         }
         (m @ (Method::PUT | Method::PATCH), Target::Object(res, ns, name, Some(sub)))
-            if sub == "scale" && has_scale(res) =>
+            if sub == "scale" && res.has_scale() =>
         {
             let body = parse_json(&read_body(body).await?)?;
             for _ in 0..5 {
@@ -788,27 +831,6 @@ async fn serve<B: Backend>(
             "the server does not allow method {m} on {path}"
         ))),
     }
-}
-
-/// Whether `kubectl get all` lists `res` (Kubernetes' `all` category).
-fn in_all(res: &Resource) -> bool {
-    matches!(
-        res.kind,
-        "Pod"
-            | "Service"
-            | "Deployment"
-            | "ReplicaSet"
-            | "StatefulSet"
-            | "DaemonSet"
-            | "Job"
-            | "CronJob"
-            | "HorizontalPodAutoscaler"
-    )
-}
-
-/// Whether `res` has a `scale` subresource.
-fn has_scale(res: &Resource) -> bool {
-    matches!(res.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
 }
 
 /// The autoscaling/v1 Scale of a scalable object.
@@ -1574,113 +1596,6 @@ async fn watch_store<B: Backend>(
         }
     });
     Ok(watch_response(rx))
-}
-
-fn version() -> Value {
-    let (major, minor) = KUBE_VERSION;
-    json!({
-        "major": major,
-        "minor": minor,
-        "gitVersion": format!("v{major}.{minor}.0-flotilla.{}", env!("CARGO_PKG_VERSION")),
-        "gitCommit": "",
-        "gitTreeState": "clean",
-        "buildDate": "",
-        "goVersion": "",
-        "compiler": "rustc",
-        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
-    })
-}
-
-fn api_groups() -> Value {
-    // One entry per group, its versions in order; the first is preferred.
-    let mut groups: Vec<(&str, Vec<Value>)> = Vec::new();
-    for (g, v) in resources::group_versions() {
-        if g.is_empty() {
-            continue;
-        }
-        let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-        match groups.iter_mut().find(|(name, _)| *name == g) {
-            Some((_, versions)) => versions.push(gv),
-            None => groups.push((g, vec![gv])),
-        }
-    }
-    let groups: Vec<Value> = groups
-        .into_iter()
-        .map(|(g, versions)| {
-            json!({"name": g, "preferredVersion": versions[0].clone(), "versions": versions})
-        })
-        .collect();
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-}
-
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
-fn resource_list(group: &str, version: &str) -> Value {
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    let mut resources: Vec<Value> = Vec::new();
-    for r in resources::in_group_version(group, version) {
-        resources.push(json!({
-            "name": r.plural,
-            "singularName": r.singular,
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": VERBS,
-            "shortNames": r.short_names,
-            "categories": if in_all(r) { vec!["all"] } else { vec![] },
-        }));
-        resources.push(json!({
-            "name": format!("{}/status", r.plural),
-            "singularName": "",
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": ["get", "patch", "update"],
-        }));
-        if r.kind == "Pod" {
-            resources.push(json!({
-                "name": "pods/binding",
-                "singularName": "",
-                "namespaced": true,
-                "kind": "Binding",
-                "verbs": ["create"],
-            }));
-        }
-        if r.kind == "ServiceAccount" {
-            resources.push(json!({
-                "name": "serviceaccounts/token",
-                "singularName": "",
-                "namespaced": true,
-                "group": "authentication.k8s.io",
-                "version": "v1",
-                "kind": "TokenRequest",
-                "verbs": ["create"],
-            }));
-        }
-        if has_scale(r) {
-            resources.push(json!({
-                "name": format!("{}/scale", r.plural),
-                "singularName": "",
-                "namespaced": r.namespaced,
-                "group": "autoscaling",
-                "version": "v1",
-                "kind": "Scale",
-                "verbs": ["get", "patch", "update"],
-            }));
-        }
-    }
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod allocate;
 pub mod bootstrap;
 pub mod cache;
 pub mod defaults;
+pub mod discovery;
 mod fuzz;
 pub mod http;
 pub mod objects;

@@ -40,6 +40,27 @@ impl Resource {
         }
     }
 
+    /// Whether the resource has a `scale` subresource.
+    pub fn has_scale(&self) -> bool {
+        matches!(self.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+    }
+
+    /// Whether `kubectl get all` lists the resource (Kubernetes' `all` category).
+    pub fn in_all_category(&self) -> bool {
+        matches!(
+            self.kind,
+            "Pod"
+                | "Service"
+                | "Deployment"
+                | "ReplicaSet"
+                | "StatefulSet"
+                | "DaemonSet"
+                | "Job"
+                | "CronJob"
+                | "HorizontalPodAutoscaler"
+        )
+    }
+
     /// The URL prefix of the resource's group version (`/api/v1`, `/apis/apps/v1`).
     pub fn group_version_path(&self) -> String {
         if self.group.is_empty() {
