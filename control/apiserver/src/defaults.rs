@@ -31,6 +31,17 @@ fn containers(list: Option<&mut Value>) {
         set(c, "terminationMessagePath", json!("/dev/termination-log"));
         set(c, "terminationMessagePolicy", json!("File"));
         set(c, "resources", json!({}));
+        // A limit without a request: the request is the limit.
+        if let Some(limits) = c.pointer("/resources/limits").cloned() {
+            if let Some(limits) = limits.as_object().filter(|l| !l.is_empty()) {
+                if !c["resources"].get("requests").is_some_and(Value::is_object) {
+                    c["resources"]["requests"] = json!({});
+                }
+                for (k, v) in limits {
+                    set(&mut c["resources"]["requests"], k, v.clone());
+                }
+            }
+        }
         for p in c
             .get_mut("ports")
             .and_then(Value::as_array_mut)
@@ -109,9 +120,11 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 default_toleration_seconds(spec);
             }
             if obj.pointer("/status/phase").is_none() {
-                obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+                let qos = flotilla_quota::qos_class(obj);
+                obj["status"] = json!({"phase": "Pending", "qosClass": qos});
             }
         }
+        "LimitRange" => flotilla_quota::limits::default_range(obj),
         "Deployment" => {
             if let Some(spec) = obj.get_mut("spec") {
                 set(spec, "replicas", json!(1));

@@ -590,9 +590,15 @@ async fn serve<B: Backend>(
             let mut obj = objects::prepare_create(res, ns.as_deref(), obj)?;
             if res.kind == "Pod" {
                 admit_priority(&api, &mut obj).await?;
+                if let Some(ns) = ns.as_deref() {
+                    admit_limit_ranges(&api, ns, &mut obj).await?;
+                }
             }
             if query.strict {
                 crate::validation::strict(res.kind, &obj)?;
+            }
+            if let Some(ns) = ns.as_deref() {
+                admit_quota(&api, res, ns, &obj, query.dry_run).await?;
             }
             if query.dry_run {
                 return Ok(json_response(StatusCode::CREATED, &obj));
@@ -1313,6 +1319,147 @@ async fn admit_priority<B: Backend>(api: &Api<B>, pod: &mut Value) -> Result<(),
         spec.entry("preemptionPolicy").or_insert(json!(policy));
         if let (Some(pc), None) = (&class, &wanted) {
             spec.insert("priorityClassName".into(), pc["metadata"]["name"].clone());
+        }
+    }
+    Ok(())
+}
+
+/// Every object of `res` in `ns`: from this master's cache once it has loaded (it may trail
+/// the store by moments, as an informer does), else from the store.
+async fn objects_in<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
+    match api.caches.current(res) {
+        Some(cache) => Ok(cache
+            .list(ns)
+            .0
+            .into_iter()
+            .map(|e| e.value.clone())
+            .collect()),
+        None => Ok(api.storage.list(res, ns).await?.0),
+    }
+}
+
+fn object_name(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The LimitRanger admission: containers get the requests and limits the namespace's
+/// LimitRanges default to, and a pod outside their bounds is 403, as in Kubernetes.
+async fn admit_limit_ranges<B: Backend>(
+    api: &Api<B>,
+    ns: &str,
+    pod: &mut Value,
+) -> Result<(), ApiError> {
+    let res = resources::find("", "v1", "limitranges").expect("limitranges are served");
+    let ranges = objects_in(api, res, Some(ns)).await?;
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    flotilla_quota::limits::apply_defaults(pod, &ranges);
+    let errors = flotilla_quota::limits::violations(pod, &ranges);
+    if !errors.is_empty() {
+        let why = match errors.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        return Err(ApiError::Forbidden(format!(
+            "pods \"{}\" is forbidden: {why}",
+            object_name(pod)
+        )));
+    }
+    pod["status"]["qosClass"] = json!(flotilla_quota::qos_class(pod));
+    Ok(())
+}
+
+/// What the objects of `ns` use of `quota`, counted from the store.
+async fn quota_usage<B: Backend>(
+    api: &Api<B>,
+    ns: &str,
+    quota: &Value,
+) -> Result<flotilla_quota::usage::Amounts, ApiError> {
+    let hard = flotilla_quota::usage::hard(quota);
+    let mut objects: Vec<(&'static Resource, Vec<Value>)> = Vec::new();
+    for (plural, group) in flotilla_quota::usage::counted_kinds(hard.keys()) {
+        // Kinds not served here (persistent volume claims, …) have no objects.
+        if let Some(r) = resources::RESOURCES
+            .iter()
+            .find(|r| r.plural == plural && r.group == group)
+        {
+            objects.push((r, api.storage.list(r, Some(ns)).await?.0));
+        }
+    }
+    Ok(flotilla_quota::usage::used(
+        quota,
+        objects
+            .iter()
+            .flat_map(|(r, objs)| objs.iter().map(|o| (r.plural, r.group, o))),
+    ))
+}
+
+/// The ResourceQuota admission: object `obj` (a new `res` in `ns`) is charged to every quota
+/// of the namespace that limits what it uses. Each charge is a compare-and-swap of the quota's
+/// `status.used` in the store (retried on conflict), so masters admitting at once cannot
+/// together exceed a quota; a quota whose usage is not yet known (new, or changed limits) is
+/// counted first. Over the limit → 403 with what was requested, used and limited. A charge
+/// whose object is then not created (a later refusal) is given back when the quota controller
+/// counts again.
+async fn admit_quota<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: &str,
+    obj: &Value,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    use flotilla_quota::usage;
+    let quotas = resources::find("", "v1", "resourcequotas").expect("resourcequotas are served");
+    let kind = (res.plural.to_string(), res.group.to_string());
+    for cached in objects_in(api, quotas, Some(ns)).await? {
+        if !usage::counted_kinds(usage::hard(&cached).keys()).contains(&kind) {
+            continue;
+        }
+        let qname = object_name(&cached).to_string();
+        let mut attempts = 0;
+        loop {
+            let current = match api.storage.get(quotas, Some(ns), &qname).await {
+                Ok(q) => q,
+                Err(ApiError::NotFound { .. }) => break,
+                Err(e) => return Err(e),
+            };
+            let hard = current.pointer("/spec/hard").cloned().unwrap_or(json!({}));
+            let known = current.pointer("/status/hard") == Some(&hard)
+                && current.pointer("/status/used").is_some();
+            let used = if known {
+                usage::amounts(current.pointer("/status/used"))
+            } else {
+                quota_usage(api, ns, &current).await?
+            };
+            let next = usage::admit(&current, &qname, &used, res.plural, res.group, obj).map_err(
+                |why| {
+                    ApiError::Forbidden(format!(
+                        "{} \"{}\" is forbidden: {why}",
+                        res.plural,
+                        object_name(obj)
+                    ))
+                },
+            )?;
+            if dry_run {
+                break;
+            }
+            let mut updated = current.clone();
+            updated["status"] = json!({"hard": hard, "used": usage::to_json(&next)});
+            if updated == current {
+                break;
+            }
+            match api.storage.update(quotas, Some(ns), &updated).await {
+                Ok(_) => break,
+                Err(ApiError::Conflict { .. }) if attempts < 20 => attempts += 1,
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())

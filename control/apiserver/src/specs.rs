@@ -203,6 +203,34 @@ pub fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> Result<(),
                 return Err(invalid(res, name, causes));
             }
         }
+        "LimitRange" => {
+            let causes = flotilla_quota::limits::validate_range(obj);
+            if !causes.is_empty() {
+                return Err(invalid(res, name, causes));
+            }
+        }
+        "ResourceQuota" => {
+            let causes: Vec<(String, String)> = spec
+                .get("hard")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| {
+                    v.as_str()
+                        .and_then(flotilla_quota::quantity::milli)
+                        .is_none()
+                })
+                .map(|(k, v)| {
+                    (
+                        format!("spec.hard[{k}]"),
+                        format!("Invalid value: {v}: must be a valid quantity"),
+                    )
+                })
+                .collect();
+            if !causes.is_empty() {
+                return Err(invalid(res, name, causes));
+            }
+        }
         _ => {}
     }
     Ok(())

@@ -115,6 +115,8 @@ fn columns(kind: &str) -> Vec<Column> {
         ],
         "Endpoints" => vec![name, col("Endpoints", "string"), age],
         "Lease" => vec![name, col("Holder", "string"), age],
+        "ResourceQuota" => vec![name, age, col("Request", "string"), col("Limit", "string")],
+        "LimitRange" => vec![name, col("Created At", "date")],
         "Job" => vec![
             name,
             col("Status", "string"),
@@ -520,6 +522,32 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             vec![name, json!(or_none(eps.join(","))), age]
         }
         "Lease" => vec![name, json!(or_none(s(o, "/spec/holderIdentity"))), age],
+        "ResourceQuota" => {
+            // `name: used/hard` for every limited name, requests and limits apart.
+            let hard = o.pointer("/status/hard").and_then(Value::as_object);
+            let used = o.pointer("/status/used");
+            let mut request = Vec::new();
+            let mut limit = Vec::new();
+            for (k, h) in hard.into_iter().flatten() {
+                let u = used
+                    .and_then(|u| u.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or("0");
+                let cell = format!("{k}: {u}/{}", h.as_str().unwrap_or(""));
+                if k.starts_with("limits.") {
+                    limit.push(cell);
+                } else {
+                    request.push(cell);
+                }
+            }
+            vec![
+                name,
+                age,
+                json!(request.join(", ")),
+                json!(limit.join(", ")),
+            ]
+        }
+        "LimitRange" => vec![name, json!(s(o, "/metadata/creationTimestamp"))],
         "Job" => vec![
             name,
             json!(job_status(o)),

@@ -7,7 +7,7 @@
 //! [`deployment`], [`daemonset`], [`statefulset`], [`job`], [`cronjob`] (schedules parsed by
 //! [`cron`]), [`endpoints`] (Endpoints and EndpointSlices), [`nodelifecycle`] (taints nodes
 //! that stop heartbeating, evicts their pods), [`namespace`] (empties namespaces being
-//! deleted), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
+//! deleted), [`resourcequota`] (ResourceQuota status), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
 //! the node agents report) and the garbage collector ([`gc`]).
 //! [`nodematch`] (node selectors and affinity) is shared with the scheduler. [`apiservers`]
 //! runs on every master, elected or not: the `default/kubernetes` endpoints. [`events`]
@@ -34,6 +34,7 @@ pub mod nodelifecycle;
 pub mod nodematch;
 pub mod quantity;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod revisions;
 pub mod runner;
 pub mod serviceaccounts;
@@ -75,6 +76,7 @@ pub async fn run(
                 _ = namespace::run(lead.client.clone()) => {}
                 _ = autoscaler::run(lead.client.clone()) => {}
                 _ = endpoints::run(lead.client.clone()) => {}
+                _ = resourcequota::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}
             }

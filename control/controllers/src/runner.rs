@@ -43,7 +43,7 @@ impl<K> Watched for K where
 pub struct Error(#[from] pub kube::Error);
 
 /// The retry policy of every controller: log, and look again after a second.
-pub fn retry<K>(what: &'static str) -> impl Fn(Arc<K>, &Error, Arc<kube::Client>) -> Action {
+pub fn retry<K, C>(what: &'static str) -> impl Fn(Arc<K>, &Error, Arc<C>) -> Action {
     move |_, e, _| {
         tracing::warn!(error = %e, "{what} controller: retrying");
         Action::requeue(Duration::from_secs(1))
