@@ -267,12 +267,31 @@ impl Cache {
         self.retry_all();
     }
 
+    /// Takes back the assumption that `uid` (being bound) is on its node: pending again.
+    fn unassume(&mut self, uid: &str) -> bool {
+        self.unplace(uid);
+        match self.binding.remove(uid) {
+            Some(pod) => {
+                self.pending.insert(uid.to_string(), Pending::new(pod));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The bind of `uid` failed: back to the queue (with backoff), unassumed.
     fn bind_failed(&mut self, uid: &str) {
-        self.unplace(uid);
-        if let Some(pod) = self.binding.remove(uid) {
-            self.pending.insert(uid.to_string(), Pending::new(pod));
+        if self.unassume(uid) {
             backoff(self, uid);
+        }
+    }
+
+    /// This master stopped leading: binds it started may or may not have happened, so none
+    /// is assumed any more (the watch tells which did).
+    fn unassume_all(&mut self) {
+        let uids: Vec<String> = self.binding.keys().cloned().collect();
+        for uid in uids {
+            self.unassume(&uid);
         }
     }
 
@@ -408,8 +427,19 @@ const MAX_BINDS_IN_FLIGHT: usize = 256;
 /// The outcome of one bind: (pod uid, result).
 type BindResult = (String, Result<(), kube::Error>);
 
-/// Runs the scheduler (the leader's work) until its watches end or a bind is fenced.
-pub async fn run(client: kube::Client) {
+/// A scheduled pod's event to record: the (fenced) client, the pod, its node.
+type ScheduledEvent = (kube::Client, Pod, String);
+
+/// Runs the scheduler until its watches end. Its watches and cache run on every master, as
+/// kube-scheduler's informers do, so that a master that comes to lead schedules at once
+/// instead of first listing every node and pod; it schedules while `leading` holds the
+/// leader's client (whose writes carry the fencing token). A fenced bind — another master
+/// leads now — is reported on `fenced`, and scheduling stops until leadership comes again.
+pub async fn run(
+    client: kube::Client,
+    mut leading: tokio::sync::watch::Receiver<Option<kube::Client>>,
+    fenced: tokio::sync::mpsc::UnboundedSender<()>,
+) {
     let framework = Framework::new(&plugins::registry(), &plugins::default_profile())
         .expect("the default profile names built-in plugins");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -421,26 +451,24 @@ pub async fn run(client: kube::Client) {
     let mut cache = Cache::default();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut binds: tokio::task::JoinSet<BindResult> = tokio::task::JoinSet::new();
+    let mut leader: Option<kube::Client> = leading.borrow_and_update().clone();
     // Scheduled events are recorded beside the binds, never holding them up (as Kubernetes'
     // event broadcaster, they are dropped when too many are waiting).
-    let (events, mut scheduled) = tokio::sync::mpsc::channel::<(Pod, String)>(4096);
-    let recorder = {
-        let client = client.clone();
-        async move {
-            while let Some((pod, node)) = scheduled.recv().await {
-                let about = flotilla_controllers::events::reference("v1", "Pod", &pod.metadata);
-                let ns = pod.metadata.namespace.as_deref().unwrap_or("");
-                let name = pod.metadata.name.as_deref().unwrap_or("");
-                flotilla_controllers::events::record(
-                    &client,
-                    SCHEDULER_NAME,
-                    &about,
-                    flotilla_controllers::events::Kind::Normal,
-                    "Scheduled",
-                    &format!("Successfully assigned {ns}/{name} to {node}"),
-                )
-                .await;
-            }
+    let (events, mut scheduled) = tokio::sync::mpsc::channel::<ScheduledEvent>(4096);
+    let recorder = async move {
+        while let Some((client, pod, node)) = scheduled.recv().await {
+            let about = flotilla_controllers::events::reference("v1", "Pod", &pod.metadata);
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+            let name = pod.metadata.name.as_deref().unwrap_or("");
+            flotilla_controllers::events::record(
+                &client,
+                SCHEDULER_NAME,
+                &about,
+                flotilla_controllers::events::Kind::Normal,
+                "Scheduled",
+                &format!("Successfully assigned {ns}/{name} to {node}"),
+            )
+            .await;
         }
     };
     tokio::pin!(recorder);
@@ -465,13 +493,26 @@ pub async fn run(client: kube::Client) {
                 Some(Err(e)) => tracing::debug!(error = %e, "scheduler: pod watch"),
                 None => return,
             },
+            changed = leading.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                leader = leading.borrow_and_update().clone();
+                if leader.is_none() {
+                    binds.abort_all();
+                    cache.unassume_all();
+                }
+            },
             Some(done) = binds.join_next(), if !binds.is_empty() => {
                 let Ok((uid, result)) = done else { continue };
                 match result {
                     Ok(()) => {}
                     Err(kube::Error::Api(s)) if s.code == 409 && s.message.starts_with("fenced") => {
                         tracing::warn!("scheduler: a bind was fenced; this master no longer leads");
-                        return;
+                        leader = None;
+                        binds.abort_all();
+                        cache.unassume_all();
+                        let _ = fenced.send(());
                     }
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
                         // Gone, or bound by someone else: the watch will say.
@@ -484,7 +525,9 @@ pub async fn run(client: kube::Client) {
                 }
             },
             _ = &mut recorder => {}
-            _ = tick.tick() => schedule_due(&client, &framework, &mut cache, &mut binds, &events).await,
+            _ = tick.tick() => if let Some(client) = &leader {
+                schedule_due(client, &framework, &mut cache, &mut binds, &events).await;
+            },
         }
     }
 }
@@ -497,7 +540,7 @@ async fn schedule_due(
     framework: &Framework,
     cache: &mut Cache,
     binds: &mut tokio::task::JoinSet<BindResult>,
-    events: &tokio::sync::mpsc::Sender<(Pod, String)>,
+    events: &tokio::sync::mpsc::Sender<ScheduledEvent>,
 ) {
     let now = Instant::now();
     let room = MAX_BINDS_IN_FLIGHT.saturating_sub(binds.len());
@@ -573,9 +616,9 @@ async fn schedule_due(
                 let client = client.clone();
                 let events = events.clone();
                 binds.spawn(async move {
-                    let r = binder.bind(client, shared, node.clone()).await;
+                    let r = binder.bind(client.clone(), shared, node.clone()).await;
                     if r.is_ok() {
-                        let _ = events.try_send((pod, node));
+                        let _ = events.try_send((client, pod, node));
                     }
                     (uid, r)
                 });
@@ -708,14 +751,36 @@ pub async fn run_elected(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), kube::Error> {
     use flotilla_controllers::leader;
-    leader::run_elected(
-        LEASE,
-        connect,
-        identity,
-        shutdown,
-        |lead: leader::Leadership| async move { Box::pin(run(lead.client)).await },
-    )
-    .await
+    let (lead_tx, lead_rx) = tokio::sync::watch::channel(None);
+    let (fenced_tx, fenced_rx) = tokio::sync::mpsc::unbounded_channel();
+    let scheduling = Box::pin(run(connect(None)?, lead_rx, fenced_tx));
+    let lead_tx = Arc::new(lead_tx);
+    let fenced_rx = Arc::new(tokio::sync::Mutex::new(fenced_rx));
+    let election = leader::run_elected(LEASE, connect, identity, shutdown, {
+        move |lead: leader::Leadership| {
+            let lead_tx = lead_tx.clone();
+            let fenced_rx = fenced_rx.clone();
+            async move {
+                // Leading ends when the election says so (this future is dropped) or when a
+                // bind was fenced; either way the scheduling loop stops scheduling.
+                struct Stepped(Arc<tokio::sync::watch::Sender<Option<kube::Client>>>);
+                impl Drop for Stepped {
+                    fn drop(&mut self) {
+                        self.0.send_replace(None);
+                    }
+                }
+                let mut fenced = fenced_rx.lock().await;
+                while fenced.try_recv().is_ok() {}
+                lead_tx.send_replace(Some(lead.client));
+                let _stepped = Stepped(lead_tx);
+                let _ = fenced.recv().await;
+            }
+        }
+    });
+    tokio::select! {
+        r = election => r,
+        _ = scheduling => Ok(()),
+    }
 }
 
 /// The Lease the schedulers campaign for.
