@@ -267,31 +267,26 @@ impl Cache {
         self.retry_all();
     }
 
-    /// Takes back the assumption that `uid` (being bound) is on its node: pending again.
-    fn unassume(&mut self, uid: &str) -> bool {
-        self.unplace(uid);
-        match self.binding.remove(uid) {
-            Some(pod) => {
-                self.pending.insert(uid.to_string(), Pending::new(pod));
-                true
-            }
-            None => false,
-        }
-    }
-
     /// The bind of `uid` failed: back to the queue (with backoff), unassumed.
     fn bind_failed(&mut self, uid: &str) {
-        if self.unassume(uid) {
+        self.unplace(uid);
+        if let Some(pod) = self.binding.remove(uid) {
+            self.pending.insert(uid.to_string(), Pending::new(pod));
             backoff(self, uid);
         }
     }
 
-    /// This master stopped leading: binds it started may or may not have happened, so none
-    /// is assumed any more (the watch tells which did).
-    fn unassume_all(&mut self) {
-        let uids: Vec<String> = self.binding.keys().cloned().collect();
-        for uid in uids {
-            self.unassume(&uid);
+    /// This master stopped leading: it forgets every pod (binds it started may or may not
+    /// have happened; the pod watch of its next term lists them again) and keeps the nodes.
+    fn forget_pods(&mut self) {
+        self.placed.clear();
+        self.usage.clear();
+        self.required_anti_affinity = 0;
+        self.pending.clear();
+        self.binding.clear();
+        let names: Vec<String> = self.index.keys().cloned().collect();
+        for n in names {
+            self.set_usage(&n);
         }
     }
 
@@ -430,10 +425,11 @@ type BindResult = (String, Result<(), kube::Error>);
 /// A scheduled pod's event to record: the (fenced) client, the pod, its node.
 type ScheduledEvent = (kube::Client, Pod, String);
 
-/// Runs the scheduler until its watches end. Its watches and cache run on every master, as
-/// kube-scheduler's informers do, so that a master that comes to lead schedules at once
-/// instead of first listing every node and pod; it schedules while `leading` holds the
-/// leader's client (whose writes carry the fencing token). A fenced bind — another master
+/// Runs the scheduler until its watches end. The node watch runs on every master, so that a
+/// master that comes to lead need not first list every node; the pod watch — pods change
+/// far more often, and decoding every change on standby masters cost the API's create
+/// latency more than it saved — runs while this master leads, that is while `leading` holds
+/// the leader's client (whose writes carry the fencing token). A fenced bind — another master
 /// leads now — is reported on `fenced`, and scheduling stops until leadership comes again.
 pub async fn run(
     client: kube::Client,
@@ -447,11 +443,12 @@ pub async fn run(
     // One list each (served from the API server's watch cache) rather than pages of 500.
     let config = watcher::Config::default().page_size(1_000_000);
     let mut node_events = watcher(nodes, config.clone()).boxed();
-    let mut pod_events = watcher(pods, config).boxed();
+    let pod_watch = move || watcher(pods.clone(), config.clone()).boxed();
     let mut cache = Cache::default();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut binds: tokio::task::JoinSet<BindResult> = tokio::task::JoinSet::new();
     let mut leader: Option<kube::Client> = leading.borrow_and_update().clone();
+    let mut pod_events = leader.as_ref().map(|_| pod_watch());
     // Scheduled events are recorded beside the binds, never holding them up (as Kubernetes'
     // event broadcaster, they are dropped when too many are waiting).
     let (events, mut scheduled) = tokio::sync::mpsc::channel::<ScheduledEvent>(4096);
@@ -481,7 +478,12 @@ pub async fn run(
                 Some(Err(e)) => tracing::debug!(error = %e, "scheduler: node watch"),
                 None => return,
             },
-            e = pod_events.next() => match e {
+            e = async {
+                match pod_events.as_mut() {
+                    Some(events) => events.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match e {
                 Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => cache.observe_pod(p),
                 Some(Ok(watcher::Event::Delete(p))) => cache.forget_pod(&p),
                 Some(Ok(watcher::Event::InitDone)) => tracing::info!(
@@ -500,7 +502,10 @@ pub async fn run(
                 leader = leading.borrow_and_update().clone();
                 if leader.is_none() {
                     binds.abort_all();
-                    cache.unassume_all();
+                    cache.forget_pods();
+                    pod_events = None;
+                } else if pod_events.is_none() {
+                    pod_events = Some(pod_watch());
                 }
             },
             Some(done) = binds.join_next(), if !binds.is_empty() => {
@@ -511,7 +516,8 @@ pub async fn run(
                         tracing::warn!("scheduler: a bind was fenced; this master no longer leads");
                         leader = None;
                         binds.abort_all();
-                        cache.unassume_all();
+                        cache.forget_pods();
+                        pod_events = None;
                         let _ = fenced.send(());
                     }
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
