@@ -90,6 +90,15 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             assert!(out.contains(n), "{n} missing: {out}");
         }
 
+        // `explain` reads the schemas in the OpenAPI v3 documents.
+        let out = k.ok(&["explain", "deployment.spec.replicas"]);
+        assert!(
+            out.contains("FIELD: replicas <integer>") && out.contains("Number of desired pods"),
+            "{out}"
+        );
+        let out = k.ok(&["explain", "pods.spec.containers.resources"]);
+        assert!(out.contains("limits\t<map[string]Quantity>"), "{out}");
+
         // kubectl's generators (1.33's send protobuf bodies, 1.27's JSON).
         let gen = format!("{ns}-gen");
         k.ok(&["create", "namespace", &gen]);

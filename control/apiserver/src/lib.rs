@@ -14,6 +14,7 @@ pub mod defaults;
 pub mod discovery;
 mod fuzz;
 pub mod http;
+pub mod kinds;
 pub mod objects;
 pub mod openapi;
 pub mod protobuf;

@@ -6,8 +6,13 @@
 //! Strict`) instead of validating against schemas itself. These documents list every path and
 //! operation of every served resource with Kubernetes' `x-kubernetes-group-version-kind` and
 //! `x-kubernetes-action` extensions.
-// FIXME(issue 4): component schemas (from k8s-openapi) so that `kubectl explain` works and
-// clients that validate locally can; /openapi/v2 (protobuf) for kubectl 1.27/1.28.
+//!
+//! Each document also carries the component schemas of its kinds and everything they refer
+//! to, from `k8s-openapi`'s (Kubernetes' own descriptions), the kinds marked with
+//! `x-kubernetes-group-version-kind`: what `kubectl explain` reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Map, Value};
 
@@ -86,6 +91,39 @@ fn paths_of(r: &Resource, paths: &mut Map<String, Value>) {
     );
 }
 
+/// Registers a kind's schema with a generator; gives the schema's name.
+struct SchemaOf<'a>(&'a mut schemars::SchemaGenerator);
+
+impl crate::kinds::Visitor for SchemaOf<'_> {
+    type Out = String;
+
+    fn visit<T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema>(
+        self,
+    ) -> String {
+        self.0.subschema_for::<T>();
+        T::schema_name().into_owned()
+    }
+}
+
+/// The component schemas of one group version: its kinds (with their group, version and
+/// kind) and every schema they refer to, as OpenAPI 3.0 wants them.
+fn schemas(group: &str, version: &str) -> Map<String, Value> {
+    let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut kinds = Vec::new();
+    for r in resources::in_group_version(group, version) {
+        if let Some(name) = crate::kinds::visit(r.kind, r.version, SchemaOf(&mut gen)) {
+            kinds.push((name, r));
+        }
+    }
+    let mut defs = gen.take_definitions(true);
+    for (name, r) in kinds {
+        if let Some(Value::Object(schema)) = defs.get_mut(&name) {
+            schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
+        }
+    }
+    defs
+}
+
 /// `/openapi/v3`: where each group version's document is.
 pub fn v3_root() -> Value {
     let mut paths = Map::new();
@@ -95,8 +133,9 @@ pub fn v3_root() -> Value {
         } else {
             format!("apis/{g}/{v}")
         };
+        // The hash names the content (clients cache by it): the version, and the layout.
         let url = format!(
-            "/openapi/v3/{key}?hash={}",
+            "/openapi/v3/{key}?hash={}-schemas",
             env!("CARGO_PKG_VERSION").replace('.', "")
         );
         paths.insert(key, json!({"serverRelativeURL": url}));
@@ -104,8 +143,22 @@ pub fn v3_root() -> Value {
     json!({"paths": paths})
 }
 
-/// `/openapi/v3/<api/v1 | apis/g/v>`: the document of one group version, or `None`.
-pub fn v3_group_version(path: &str) -> Option<Value> {
+/// `/openapi/v3/<api/v1 | apis/g/v>`: the document of one group version, or `None`. Built
+/// once per group version and kept (the core group's is about a megabyte).
+pub fn v3_group_version(path: &str) -> Option<Arc<Value>> {
+    static DOCS: OnceLock<Mutex<HashMap<String, Option<Arc<Value>>>>> = OnceLock::new();
+    let docs = DOCS.get_or_init(Default::default);
+    if let Some(doc) = docs.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        return doc.clone();
+    }
+    let doc = build_v3(path).map(Arc::new);
+    docs.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_string(), doc.clone());
+    doc
+}
+
+fn build_v3(path: &str) -> Option<Value> {
     let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => ("", *v),
         ["apis", g, v] => (*g, *v),
@@ -122,7 +175,7 @@ pub fn v3_group_version(path: &str) -> Option<Value> {
             "openapi": "3.0.0",
             "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", crate::http::KUBE_VERSION.0, crate::http::KUBE_VERSION.1)},
             "paths": paths,
-            "components": {"schemas": {}},
+            "components": {"schemas": schemas(group, version)},
         })
     })
 }
@@ -154,6 +207,30 @@ mod tests {
         let core = v3_group_version("api/v1").unwrap();
         assert!(core["paths"]["/api/v1/namespaces/{name}"]["patch"].is_object());
         assert!(v3_group_version("apis/nope/v1").is_none());
+    }
+
+    #[test]
+    fn documents_carry_the_schemas_of_their_kinds_and_what_they_refer_to() {
+        let core = v3_group_version("api/v1").unwrap();
+        let schemas = core["components"]["schemas"].as_object().unwrap();
+        let pod = &schemas["io.k8s.api.core.v1.Pod"];
+        assert_eq!(
+            pod["x-kubernetes-group-version-kind"],
+            json!([{"group": "", "version": "v1", "kind": "Pod"}])
+        );
+        assert!(pod["description"].as_str().unwrap().starts_with("Pod is"));
+        // Every reference resolves within the document.
+        let text = serde_json::to_string(&core["components"]).unwrap();
+        for piece in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &piece[..piece.find('"').unwrap()];
+            assert!(schemas.contains_key(name), "{name}");
+        }
+        assert!(schemas.contains_key("io.k8s.api.core.v1.PodSpec"));
+        assert!(schemas.contains_key("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"));
+        let hpa1 = v3_group_version("apis/autoscaling/v1").unwrap();
+        assert!(hpa1["components"]["schemas"]
+            .get("io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler")
+            .is_some());
     }
 }
 

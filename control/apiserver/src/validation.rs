@@ -9,45 +9,21 @@ use serde_json::Value;
 
 use crate::status::ApiError;
 
-fn round_trip<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Value, String> {
-    let typed: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
-    serde_json::to_value(typed).map_err(|e| e.to_string())
+/// Decodes an object into a type and encodes it again.
+struct RoundTrip<'a>(&'a Value);
+
+impl crate::kinds::Visitor for RoundTrip<'_> {
+    type Out = Result<Value, String>;
+
+    fn visit<T: DeserializeOwned + Serialize + schemars::JsonSchema>(self) -> Self::Out {
+        let typed: T = serde_json::from_value(self.0.clone()).map_err(|e| e.to_string())?;
+        serde_json::to_value(typed).map_err(|e| e.to_string())
+    }
 }
 
-/// `obj` decoded as its kind and encoded again; `None` for kinds without a type here.
+/// `obj` decoded as its kind (as stored) and encoded again; `None` for kinds without a type.
 fn typed(kind: &str, obj: &Value) -> Option<Result<Value, String>> {
-    use k8s_openapi::api::{apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch};
-    use k8s_openapi::api::{coordination::v1 as coordination, core::v1 as core};
-    use k8s_openapi::api::{discovery::v1 as discovery, rbac::v1 as rbac};
-    Some(match kind {
-        "Namespace" => round_trip::<core::Namespace>(obj),
-        "Pod" => round_trip::<core::Pod>(obj),
-        "Node" => round_trip::<core::Node>(obj),
-        "Service" => round_trip::<core::Service>(obj),
-        "Endpoints" => round_trip::<core::Endpoints>(obj),
-        "ConfigMap" => round_trip::<core::ConfigMap>(obj),
-        "Secret" => round_trip::<core::Secret>(obj),
-        "Event" => round_trip::<core::Event>(obj),
-        "ServiceAccount" => round_trip::<core::ServiceAccount>(obj),
-        "ResourceQuota" => round_trip::<core::ResourceQuota>(obj),
-        "LimitRange" => round_trip::<core::LimitRange>(obj),
-        "Deployment" => round_trip::<apps::Deployment>(obj),
-        "ReplicaSet" => round_trip::<apps::ReplicaSet>(obj),
-        "DaemonSet" => round_trip::<apps::DaemonSet>(obj),
-        "StatefulSet" => round_trip::<apps::StatefulSet>(obj),
-        "ControllerRevision" => round_trip::<apps::ControllerRevision>(obj),
-        "PriorityClass" => round_trip::<k8s_openapi::api::scheduling::v1::PriorityClass>(obj),
-        "Job" => round_trip::<batch::Job>(obj),
-        "CronJob" => round_trip::<batch::CronJob>(obj),
-        "Lease" => round_trip::<coordination::Lease>(obj),
-        "EndpointSlice" => round_trip::<discovery::EndpointSlice>(obj),
-        "Role" => round_trip::<rbac::Role>(obj),
-        "ClusterRole" => round_trip::<rbac::ClusterRole>(obj),
-        "RoleBinding" => round_trip::<rbac::RoleBinding>(obj),
-        "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(obj),
-        "HorizontalPodAutoscaler" => round_trip::<autoscaling::HorizontalPodAutoscaler>(obj),
-        _ => return None,
-    })
+    crate::kinds::visit(kind, "", RoundTrip(obj))
 }
 
 /// Paths present (and not null) in `sent` but missing from `kept`.
