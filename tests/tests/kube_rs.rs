@@ -92,6 +92,39 @@ fn kube_rs_reads_writes_and_watches() {
             .unwrap();
         assert_eq!(patched.data.unwrap().len(), 4);
 
+        // Server-side apply: creates what is not there, then merges into it; a field manager
+        // is required.
+        let applied = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "applied", "labels": {"by": "ssa"}},
+            "data": {"x": "1"},
+        });
+        let ssa = PatchParams::apply("flotilla-e2e");
+        let made = cms
+            .patch("applied", &ssa, &Patch::Apply(&applied))
+            .await
+            .unwrap();
+        assert_eq!(made.data.unwrap()["x"], "1");
+        let mut more = applied.clone();
+        more["data"]["y"] = serde_json::json!("2");
+        let merged = cms
+            .patch("applied", &ssa, &Patch::Apply(&more))
+            .await
+            .unwrap();
+        let data = merged.data.unwrap();
+        assert_eq!((data["x"].as_str(), data["y"].as_str()), ("1", "2"));
+        assert_eq!(merged.metadata.labels.unwrap()["by"], "ssa");
+        match cms
+            .patch("applied", &PatchParams::default(), &Patch::Apply(&more))
+            .await
+        {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 400, "{e:?}"),
+            other => panic!("an apply without a field manager must be refused, got {other:?}"),
+        }
+        cms.delete("applied", &DeleteParams::default())
+            .await
+            .unwrap();
+
         // A replace with the stale resourceVersion is a 409 Conflict.
         cm.metadata.resource_version = Some(rv);
         match cms.replace("kube-rs", &PostParams::default(), &cm).await {

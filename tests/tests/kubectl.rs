@@ -90,6 +90,26 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             assert!(out.contains(n), "{n} missing: {out}");
         }
 
+        // Server-side apply creates, then updates.
+        let ssa = write(
+            cluster.dir(),
+            &format!("ssa-{version}.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"1\"}\n",
+        );
+        let out = k.ok(&["apply", "--server-side", "-f", &ssa]);
+        assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+        std::fs::write(
+            &ssa,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"2\", b: \"3\"}\n",
+        )
+        .unwrap();
+        k.ok(&["apply", "--server-side", "-f", &ssa]);
+        assert_eq!(
+            k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}{.data.b}"]),
+            "23"
+        );
+        k.ok(&["delete", "cm", "ssa"]);
+
         // `explain` reads the schemas in the OpenAPI v3 documents.
         let out = k.ok(&["explain", "deployment.spec.replicas"]);
         assert!(

@@ -143,6 +143,8 @@ struct Query {
     field_selector: Option<FieldSelector>,
     timeout_seconds: Option<u64>,
     dry_run: bool,
+    /// Who makes the change (`fieldManager`); server-side apply requires it.
+    field_manager: Option<String>,
     strict: bool,
     limit: u64,
     continue_token: Option<String>,
@@ -169,6 +171,7 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
             }
             "continue" if !v.is_empty() => out.continue_token = Some(v.into_owned()),
             "dryRun" => out.dry_run = v == "All",
+            "fieldManager" => out.field_manager = Some(v.to_string()),
             "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
             "fieldValidation" => match v.as_ref() {
                 "Strict" => out.strict = true,
@@ -505,7 +508,7 @@ async fn serve<B: Backend>(
     let protobuf = content_type == crate::protobuf::MEDIA_TYPE;
     {
         let ct = content_type.as_str();
-        if !ct.is_empty() && !ct.ends_with("json") && !protobuf {
+        if !ct.is_empty() && !ct.ends_with("json") && !protobuf && ct != objects::APPLY_PATCH {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "the body of the request was in an unknown format - accepted media types \
                  include: application/json, application/json-patch+json, \
@@ -584,30 +587,7 @@ async fn serve<B: Backend>(
         }
         (Method::POST, Target::Collection(res, ns)) => {
             let obj = parse_body(protobuf, &read_body(body).await?)?;
-            if let Some(ns) = ns.as_deref() {
-                require_namespace(&api, ns).await?;
-            }
-            let mut obj = objects::prepare_create(res, ns.as_deref(), obj)?;
-            if res.kind == "Pod" {
-                admit_priority(&api, &mut obj).await?;
-                if let Some(ns) = ns.as_deref() {
-                    admit_limit_ranges(&api, ns, &mut obj).await?;
-                }
-            }
-            if query.strict {
-                crate::validation::strict(res.kind, &obj)?;
-            }
-            if let Some(ns) = ns.as_deref() {
-                admit_quota(&api, res, ns, &obj, query.dry_run).await?;
-            }
-            if query.dry_run {
-                return Ok(json_response(StatusCode::CREATED, &obj));
-            }
-            let created = if res.kind == "Service" {
-                crate::allocate::create_service(&api.storage, res, ns.as_deref(), obj).await?
-            } else {
-                api.storage.create(res, ns.as_deref(), &obj).await?
-            };
+            let created = create_object(&api, res, ns.as_deref(), obj, &query).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::GET, Target::Object(res, ns, name, Some(sub)))
@@ -751,9 +731,26 @@ async fn serve<B: Backend>(
         }
         (Method::PATCH, Target::Object(res, ns, name, sub)) => {
             let patch = parse_json(&read_body(body).await?)?;
+            let apply = content_type == objects::APPLY_PATCH;
+            if apply && query.field_manager.as_deref().unwrap_or("").is_empty() {
+                return Err(ApiError::BadRequest(
+                    "PATCH with application/apply-patch+yaml requires the fieldManager parameter"
+                        .into(),
+                ));
+            }
             // Retry on conflicts: a patch applies to whatever is current.
             for _ in 0..5 {
-                let current = api.storage.get(res, ns.as_deref(), &name).await?;
+                let current = match api.storage.get(res, ns.as_deref(), &name).await {
+                    // Server-side apply creates what is not there yet.
+                    Err(ApiError::NotFound { .. }) if apply && sub.is_none() => {
+                        let obj = applied_object(&name, &patch)?;
+                        match create_object(&api, res, ns.as_deref(), obj, &query).await {
+                            Err(ApiError::AlreadyExists { .. }) => continue,
+                            other => return Ok(json_response(StatusCode::CREATED, &other?)),
+                        }
+                    }
+                    other => other?,
+                };
                 let patched = objects::apply_patch(&content_type, &current, &patch)?;
                 let obj = objects::prepare_update(
                     res,
@@ -1322,6 +1319,70 @@ async fn admit_priority<B: Backend>(api: &Api<B>, pod: &mut Value) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Creates `obj` as a new `res` in `ns` through admission (defaults, priority, limit ranges,
+/// validation, quota, Service addresses); a dry run stops before the write.
+async fn create_object<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    obj: Value,
+    query: &Query,
+) -> Result<Value, ApiError> {
+    if let Some(ns) = ns {
+        require_namespace(api, ns).await?;
+    }
+    let mut obj = objects::prepare_create(res, ns, obj)?;
+    if res.kind == "Pod" {
+        admit_priority(api, &mut obj).await?;
+        if let Some(ns) = ns {
+            admit_limit_ranges(api, ns, &mut obj).await?;
+        }
+    }
+    if query.strict {
+        crate::validation::strict(res.kind, &obj)?;
+    }
+    if let Some(ns) = ns {
+        admit_quota(api, res, ns, &obj, query.dry_run).await?;
+    }
+    if query.dry_run {
+        return Ok(obj);
+    }
+    if res.kind == "Service" {
+        crate::allocate::create_service(&api.storage, res, ns, obj).await
+    } else {
+        api.storage.create(res, ns, &obj).await
+    }
+}
+
+/// The object a server-side apply creates when there is none yet: the applied configuration,
+/// which must name the kind and be the object the URL names.
+fn applied_object(name: &str, patch: &Value) -> Result<Value, ApiError> {
+    if patch.get("apiVersion").is_none() || patch.get("kind").is_none() {
+        return Err(ApiError::BadRequest(
+            "an applied configuration must set apiVersion and kind".into(),
+        ));
+    }
+    let mut obj = patch.clone();
+    match obj.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(n) if n != name => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )))
+        }
+        Some(_) => {}
+        None => {
+            if !obj.get("metadata").is_some_and(Value::is_object) {
+                obj["metadata"] = json!({});
+            }
+            obj["metadata"]["name"] = json!(name);
+        }
+    }
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    Ok(obj)
 }
 
 /// Every object of `res` in `ns`: from this master's cache once it has loaded (it may trail

@@ -325,6 +325,10 @@ fn keep_service_allocations(name: &str, current: &Value, obj: &mut Value) -> Res
 
 /// Applies a PATCH body to `current`, by content type: JSON patch (RFC 6902), JSON merge
 /// patch (RFC 7386), or strategic merge patch ([`crate::smp`]).
+/// The media type of server-side apply (`kubectl apply --server-side`, kube-rs
+/// `Patch::Apply`); the body is JSON, which is YAML too.
+pub const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
 pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result<Value, ApiError> {
     let mut doc = current.clone();
     let ct = content_type.split(';').next().unwrap_or("").trim();
@@ -345,7 +349,10 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
         "application/merge-patch+json" => {
             json_patch::merge(&mut doc, patch);
         }
-        "application/strategic-merge-patch+json" => {
+        // Server-side apply merges the applied configuration into the object by the built-in
+        // types' merge keys; field ownership (managedFields) is not tracked, so fields an
+        // applier stops naming are kept rather than removed, and there are no conflicts.
+        "application/strategic-merge-patch+json" | APPLY_PATCH => {
             doc = crate::smp::apply(current, patch)?;
         }
         other => {
