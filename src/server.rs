@@ -211,11 +211,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             args.pki_dir.display()
         )
     })?;
-    let api_tls = Arc::new(flotilla_pki::server_config(
-        &ca_pem,
-        &tls,
-        ClientAuth::Optional,
-    )?);
+    let mut api_tls = flotilla_pki::server_config(&ca_pem, &tls, ClientAuth::Optional)?;
+    // HTTP/2 first, as kube-apiserver offers it: client-go then multiplexes its requests and
+    // watches over one connection per master.
+    api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let api_tls = Arc::new(api_tls);
     let endpoint = PeerEndpoint::bind(
         args.listen_peer,
         flotilla_pki::server_config(&ca_pem, &tls, ClientAuth::Required)?,
@@ -552,6 +552,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         // their answers time to reach the clients before the listeners close (0.5 s was not
         // always enough on a loaded 2-core machine: a client saw the connection close instead).
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if failure.is_none() {
+        // A clean stop: the store is not left without a leader (the controllers' Lease
+        // releases below then go through the new one).
+        node.hand_over_leadership(Duration::from_secs(2)).await;
     }
     controllers.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(elected)).await;

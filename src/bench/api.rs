@@ -11,16 +11,19 @@
 //! - LIST of those 10,000 pods (latency to the last byte, and bytes);
 //! - 1,000 watchers of one namespace's ConfigMaps and a burst of 1,000 creates there from 64
 //!   clients: the time from each write's start until each watcher has its event (the bar's
-//!   figure), and from the write's response until then.
+//!   figure), and from the write's response until then. Twice: with the watches multiplexed
+//!   on one HTTP/2 connection per master, as client-go (kubectl, controllers, informers)
+//!   watches — the bar's figure — and with one HTTP/1.1 connection per watch, as kube-rs and
+//!   the Python client watch.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures::AsyncBufReadExt;
+use futures::StreamExt;
 
-use super::common::{connect, get, post, summarize, FlotillaCluster, ScratchDir};
+use super::common::{connect, get, post, summarize, FlotillaCluster, Http2, ScratchDir};
 use super::{Better, Figure, Report};
 
 /// What one run measures.
@@ -49,6 +52,7 @@ const BAR_WATCH_P99_MS: f64 = 100.0;
 
 const PODS_NS: &str = "bench-pods";
 const WATCH_NS: &str = "bench-watch";
+const WATCH_NS_H1: &str = "bench-watch-h1";
 
 pub fn run(work: &ApiWorkload) -> anyhow::Result<Report> {
     let scratch = ScratchDir::new("api")?;
@@ -62,7 +66,7 @@ pub fn run(work: &ApiWorkload) -> anyhow::Result<Report> {
 
 async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Result<Report> {
     let clients = connect(cluster).await?;
-    for ns in [PODS_NS, WATCH_NS] {
+    for ns in [PODS_NS, WATCH_NS, WATCH_NS_H1] {
         let body =
             serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         post(&clients[0], "/api/v1/namespaces", &body).await?;
@@ -158,42 +162,50 @@ async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Resul
         Better::Lower,
     ));
 
-    eprintln!(
-        "{} watchers, burst of {} changes from {} clients…",
-        work.watchers, work.burst, work.burst_clients
-    );
-    let (w, after_ack) = watch_burst(&clients, work).await?;
-    figures.push(Figure::new(
-        &format!("watch delivery p50 ({} watchers)", work.watchers),
-        "ms",
-        w.p50_ms,
-        BAR_WATCH_P99_MS,
-        Better::Lower,
-    ));
-    figures.push(Figure::new(
-        &format!("watch delivery p99 ({} watchers)", work.watchers),
-        "ms",
-        w.p99_ms,
-        BAR_WATCH_P99_MS,
-        Better::Lower,
-    ));
-    figures.push(Figure::new(
-        &format!(
-            "watch delivery p99 after the write returned ({} watchers)",
-            work.watchers
-        ),
-        "ms",
-        after_ack.p99_ms,
-        BAR_WATCH_P99_MS,
-        Better::Lower,
-    ));
-    figures.push(Figure::new(
-        "watch events delivered/s",
-        "events/s",
-        w.rate,
-        f64::NAN,
-        Better::Higher,
-    ));
+    // As client-go watches (all of a program's watches on one HTTP/2 connection per master):
+    // the bar's figure. Then one HTTP/1.1 connection per watch, as kube-rs and the Python
+    // client watch.
+    let h2 = Via::Http2(Http2::connect_all(cluster).await?);
+    let h1 = Via::Http1(clients.clone());
+    for (via, ns, label) in [
+        (&h2, WATCH_NS, "HTTP/2 as client-go"),
+        (&h1, WATCH_NS_H1, "HTTP/1.1 connection each"),
+    ] {
+        eprintln!(
+            "{} watchers ({label}), burst of {} changes from {} clients…",
+            work.watchers, work.burst, work.burst_clients
+        );
+        let (w, after_ack) = watch_burst(&clients, via, ns, work).await?;
+        let what = format!("{} watchers, {label}", work.watchers);
+        figures.push(Figure::new(
+            &format!("watch delivery p50 ({what})"),
+            "ms",
+            w.p50_ms,
+            BAR_WATCH_P99_MS,
+            Better::Lower,
+        ));
+        figures.push(Figure::new(
+            &format!("watch delivery p99 ({what})"),
+            "ms",
+            w.p99_ms,
+            BAR_WATCH_P99_MS,
+            Better::Lower,
+        ));
+        figures.push(Figure::new(
+            &format!("watch delivery p99 after the write returned ({what})"),
+            "ms",
+            after_ack.p99_ms,
+            BAR_WATCH_P99_MS,
+            Better::Lower,
+        ));
+        figures.push(Figure::new(
+            &format!("watch events delivered/s ({label})"),
+            "events/s",
+            w.rate,
+            f64::NAN,
+            Better::Higher,
+        ));
+    }
     Ok(Report {
         suite: "api".into(),
         baseline: "the API server issue's bars".into(),
@@ -273,17 +285,51 @@ fn burst_index(line: &[u8]) -> Option<usize> {
         .ok()
 }
 
+/// How watchers reach the masters.
+enum Via {
+    /// One HTTP/1.1 connection per watch (kube-rs, the Python client).
+    Http1(Vec<kube::Client>),
+    /// Every watch multiplexed on one HTTP/2 connection per master (client-go).
+    Http2(Vec<Http2>),
+}
+
+type Chunks = futures::stream::BoxStream<'static, anyhow::Result<bytes::Bytes>>;
+
+impl Via {
+    /// Starts watcher `w`'s request for `path`, spread over the masters.
+    async fn watch(&self, w: usize, path: &str) -> anyhow::Result<Chunks> {
+        use http_body_util::BodyExt;
+        Ok(match self {
+            Via::Http1(clients) => {
+                let req = http::Request::get(path).body(kube::client::Body::from(Vec::new()))?;
+                let resp = clients[w % clients.len()].send(req).await?;
+                if !resp.status().is_success() {
+                    bail!("GET {path}: {}", resp.status());
+                }
+                resp.into_body()
+                    .into_data_stream()
+                    .map(|c| c.map_err(anyhow::Error::from))
+                    .boxed()
+            }
+            Via::Http2(conns) => conns[w % conns.len()]
+                .get_stream(path)
+                .await?
+                .into_data_stream()
+                .map(|c| c.map_err(anyhow::Error::from))
+                .boxed(),
+        })
+    }
+}
+
 /// Starts the watchers, waits until all are live, creates the burst, and measures every
 /// delivery from the start of its write.
 async fn watch_burst(
     clients: &[kube::Client],
+    via: &Via,
+    ns: &str,
     work: &ApiWorkload,
 ) -> anyhow::Result<(super::common::Measured, super::common::Measured)> {
-    let list = get(
-        &clients[0],
-        &format!("/api/v1/namespaces/{WATCH_NS}/configmaps"),
-    )
-    .await?;
+    let list = get(&clients[0], &format!("/api/v1/namespaces/{ns}/configmaps")).await?;
     let rv = serde_json::from_str::<serde_json::Value>(&list)?["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or("0")
@@ -297,20 +343,12 @@ async fn watch_burst(
     let live = Arc::new(AtomicUsize::new(0));
     let mut watchers = Vec::new();
     for w in 0..work.watchers {
-        let client = clients[w % clients.len()].clone();
-        let (sent, acked, live, burst, rv) = (
-            sent.clone(),
-            acked.clone(),
-            live.clone(),
-            work.burst,
-            rv.clone(),
+        let path = format!(
+            "/api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=600"
         );
+        let mut stream = via.watch(w, &path).await?;
+        let (sent, acked, live, burst) = (sent.clone(), acked.clone(), live.clone(), work.burst);
         watchers.push(tokio::spawn(async move {
-            let path = format!(
-                "/api/v1/namespaces/{WATCH_NS}/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=600"
-            );
-            let req = http::Request::get(&path).body(Vec::new())?;
-            let mut stream = Box::pin(client.request_stream(req).await?);
             let ready = memchr::memmem::Finder::new(b"\"name\":\"ready\"");
             let mut lat = Vec::with_capacity(burst);
             let mut after_ack = Vec::with_capacity(burst);
@@ -320,14 +358,11 @@ async fn watch_burst(
             // Bytes of an event line that has not ended yet.
             let mut partial: Vec<u8> = Vec::new();
             while got < burst {
-                let buf = stream.fill_buf().await?;
-                if buf.is_empty() {
+                let Some(chunk) = stream.next().await else {
                     break;
-                }
+                };
                 let at = base.elapsed().as_nanos() as u64;
-                partial.extend_from_slice(buf);
-                let n = buf.len();
-                stream.consume_unpin(n);
+                partial.extend_from_slice(&chunk?);
                 let Some(end) = memchr::memrchr(b'\n', &partial) else {
                     continue;
                 };
@@ -361,7 +396,7 @@ async fn watch_burst(
         serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ready"}});
     post(
         &clients[0],
-        &format!("/api/v1/namespaces/{WATCH_NS}/configmaps"),
+        &format!("/api/v1/namespaces/{ns}/configmaps"),
         &ready,
     )
     .await?;
@@ -383,8 +418,8 @@ async fn watch_burst(
     for c in 0..work.burst_clients {
         let client = clients[c % clients.len()].clone();
         let (next, sent, acked, burst) = (next.clone(), sent.clone(), acked.clone(), work.burst);
+        let path = format!("/api/v1/namespaces/{ns}/configmaps");
         writers.push(tokio::spawn(async move {
-            let path = format!("/api/v1/namespaces/{WATCH_NS}/configmaps");
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= burst {

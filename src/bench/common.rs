@@ -188,6 +188,66 @@ pub async fn get(client: &kube::Client, path: &str) -> anyhow::Result<String> {
         .with_context(|| format!("GET {path}"))
 }
 
+/// An HTTP/2 connection to one master with the admin certificate. Requests share it as
+/// client-go's do: one connection per master carries all of a program's watches.
+#[derive(Clone)]
+pub struct Http2(hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>);
+
+impl Http2 {
+    /// One connection per master, negotiated as `h2` by ALPN.
+    pub async fn connect_all(cluster: &FlotillaCluster) -> anyhow::Result<Vec<Http2>> {
+        let pki = cluster.pki_dir();
+        let ca = std::fs::read_to_string(pki.join(flotilla_pki::CA_CERT_FILE))?;
+        let admin = flotilla_pki::Identity::read(&pki, "admin")?;
+        let mut tls = flotilla_pki::client_config(&ca, Some(&admin))?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let mut out = Vec::new();
+        for endpoint in cluster.endpoints("api") {
+            let addr = endpoint.trim_start_matches("https://").to_string();
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .with_context(|| format!("server name of {endpoint}"))?;
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?;
+            tcp.set_nodelay(true)?;
+            let stream = connector.connect(name, tcp).await?;
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                bail!("{endpoint} did not offer HTTP/2");
+            }
+            let (send, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .with_context(|| format!("HTTP/2 handshake with {endpoint}"))?;
+            tokio::spawn(conn);
+            out.push(Http2(send));
+        }
+        if out.is_empty() {
+            bail!("the cluster lists no API endpoint");
+        }
+        Ok(out)
+    }
+
+    /// GETs `path` and returns its body as a stream of chunks (fails on a non-2xx answer).
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
+        let req = http::Request::get(path)
+            .header("accept", "application/json")
+            .body(http_body_util::Empty::new())?;
+        let mut send = self.0.clone();
+        send.ready().await?;
+        let resp = send
+            .send_request(req)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        if !resp.status().is_success() {
+            bail!("GET {path}: {}", resp.status());
+        }
+        Ok(resp.into_body())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1614,10 +1614,8 @@ fn watch_response(rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     (
         StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::TRANSFER_ENCODING, "chunked"),
-        ],
+        // HTTP/1.1 sends the body chunked (its length is unknown); HTTP/2 has no such header.
+        [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),
     )
         .into_response()

@@ -29,6 +29,10 @@ pub fn user_of(cert_der: &[u8]) -> Option<User> {
     Some(User { name, groups })
 }
 
+/// Concurrent requests on one HTTP/2 connection, as kube-apiserver allows: an informer-heavy
+/// client keeps all its watches on one connection (hyper's default is 200).
+const HTTP2_MAX_STREAMS: u32 = 1000;
+
 /// Serves `app` on `listener` over TLS (`config` decides whether client certificates are
 /// required) until `shutdown` completes. Connections without a certificate get no [`User`]
 /// and are answered 401 by the API.
@@ -73,7 +77,9 @@ pub async fn serve(
                 None => app,
             };
             let service = TowerToHyperService::new(app);
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(HTTP2_MAX_STREAMS);
+            if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
             {

@@ -15,7 +15,8 @@
 //! failing for about a lease duration, and a leader that gave up then handed its work to
 //! nobody. Waiting longer is safe because of the fencing: once another candidate takes the
 //! expired Lease, this leader's writes are refused, whether it has noticed or not. On shutdown it
-//! releases the Lease (no holder), so a successor takes over at once.
+//! releases the Lease (no holder), so a successor takes over at once: candidates watch the
+//! Lease and look again as soon as it is released, besides looking every `retry_every`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -192,6 +193,13 @@ pub async fn run<W, Fut>(
 {
     let leases: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     tokio::pin!(shutdown);
+    // A released Lease wakes a waiting candidate at once, not at its next look.
+    let released = std::sync::Arc::new(tokio::sync::Notify::new());
+    let _watch = AbortOnDrop(tokio::spawn(watch_releases(
+        leases.clone(),
+        cfg.name.clone(),
+        released.clone(),
+    )));
     loop {
         let token = loop {
             let attempt =
@@ -204,6 +212,7 @@ pub async fn run<W, Fut>(
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = released.notified() => {}
             }
         };
         let client = match fenced(token) {
@@ -280,6 +289,48 @@ pub async fn run<W, Fut>(
                 lease = %cfg.name,
                 "leader election: could not renew for two lease durations; stopped"
             ),
+        }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches Lease `name` and signals `released` whenever it has no holder or is deleted
+/// (a leader that stops cleanly releases it; its successor need not wait for its next look).
+/// The watcher re-lists and resumes by itself across API errors and master failovers.
+async fn watch_releases(
+    leases: Api<Lease>,
+    name: String,
+    released: std::sync::Arc<tokio::sync::Notify>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(leases, config).boxed();
+    while let Some(e) = events.next().await {
+        let free = match e {
+            Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => l
+                .spec
+                .and_then(|s| s.holder_identity)
+                .is_none_or(|h| h.is_empty()),
+            Ok(watcher::Event::Delete(_)) => true,
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(lease = %name, error = %e, "leader election: Lease watch");
+                // The watcher retries at once; do not spin against an API that is down.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                false
+            }
+        };
+        if free {
+            released.notify_one();
         }
     }
 }

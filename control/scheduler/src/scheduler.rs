@@ -449,6 +449,9 @@ pub async fn run(
     let mut binds: tokio::task::JoinSet<BindResult> = tokio::task::JoinSet::new();
     let mut leader: Option<kube::Client> = leading.borrow_and_update().clone();
     let mut pod_events = leader.as_ref().map(|_| pod_watch());
+    // Whether the pod watch's initial list is complete: until then the pods bound to the
+    // nodes are not all known, and placing one could overcommit a node.
+    let mut synced = false;
     // Scheduled events are recorded beside the binds, never holding them up (as Kubernetes'
     // event broadcaster, they are dropped when too many are waiting).
     let (events, mut scheduled) = tokio::sync::mpsc::channel::<ScheduledEvent>(4096);
@@ -486,12 +489,15 @@ pub async fn run(
             } => match e {
                 Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => cache.observe_pod(p),
                 Some(Ok(watcher::Event::Delete(p))) => cache.forget_pod(&p),
-                Some(Ok(watcher::Event::InitDone)) => tracing::info!(
-                    nodes = cache.nodes.len(),
-                    pending = cache.pending.len(),
-                    "scheduler: pods listed"
-                ),
-                Some(Ok(_)) => {}
+                Some(Ok(watcher::Event::Init)) => synced = false,
+                Some(Ok(watcher::Event::InitDone)) => {
+                    synced = true;
+                    tracing::info!(
+                        nodes = cache.nodes.len(),
+                        pending = cache.pending.len(),
+                        "scheduler: pods listed"
+                    );
+                }
                 Some(Err(e)) => tracing::debug!(error = %e, "scheduler: pod watch"),
                 None => return,
             },
@@ -504,8 +510,10 @@ pub async fn run(
                     binds.abort_all();
                     cache.forget_pods();
                     pod_events = None;
+                    synced = false;
                 } else if pod_events.is_none() {
                     pod_events = Some(pod_watch());
+                    synced = false;
                 }
             },
             Some(done) = binds.join_next(), if !binds.is_empty() => {
@@ -518,6 +526,7 @@ pub async fn run(
                         binds.abort_all();
                         cache.forget_pods();
                         pod_events = None;
+                        synced = false;
                         let _ = fenced.send(());
                     }
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
@@ -531,7 +540,7 @@ pub async fn run(
                 }
             },
             _ = &mut recorder => {}
-            _ = tick.tick() => if let Some(client) = &leader {
+            _ = tick.tick() => if let (Some(client), true) = (&leader, synced) {
                 schedule_due(client, &framework, &mut cache, &mut binds, &events).await;
             },
         }

@@ -52,6 +52,9 @@ pub enum PeerRequest {
     ChangeMembership(MemberChange),
     /// The leader tells a member it was removed from the cluster.
     Removed,
+    /// A leader about to stop hands over: stand for election at once, once this member's
+    /// log reaches the given index (the leader's last entry).
+    Elect(u64),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -75,6 +78,8 @@ pub enum PeerResponse {
     ChangeMembership(Result<(), MemberRefusal>),
     /// To Removed.
     Removed,
+    /// To Elect: whether this member stood for election.
+    Elect(bool),
 }
 
 /// A QUIC endpoint that serves this member's Raft RPCs and dials its peers.
@@ -218,11 +223,25 @@ async fn answer(
             removed.send_replace(true);
             PeerResponse::Removed
         }
+        PeerRequest::Elect(index) => PeerResponse::Elect(stand_for_election(&raft, index).await),
     };
     send.write_all(&encode(&resp).map_err(|e| e.to_string())?)
         .await
         .map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())
+}
+
+/// Starts an election on this member once its log holds `index` (its leader's last entry,
+/// so that the leader, which asked, can vote for it); waits at most half a second for that.
+async fn stand_for_election(raft: &Raft<TypeConfig>, index: u64) -> bool {
+    let caught_up = raft
+        .wait(Some(Duration::from_millis(500)))
+        .metrics(
+            |m| m.last_log_index.is_some_and(|i| i >= index),
+            "the leader's last entry",
+        )
+        .await;
+    caught_up.is_ok() && raft.trigger().elect().await.is_ok()
 }
 
 /// Locks the lease table, surviving a poisoned lock (the table stays consistent: every

@@ -45,6 +45,8 @@ pub struct StoreNode {
     network: PeerNetwork,
     endpoint: PeerEndpoint,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Since when this member leads (None: it does not).
+    leading_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -88,7 +90,10 @@ impl StoreNode {
             leases.clone(),
             removed.clone(),
         ));
+        let leading_since = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(track_leadership(raft.clone(), id, leading_since.clone()));
         let node = StoreNode {
+            leading_since,
             removed,
             id,
             raft,
@@ -126,6 +131,77 @@ impl StoreNode {
     /// The local MVCC store (for serializable reads and status).
     pub fn mvcc(&self) -> &Arc<Mvcc> {
         &self.mvcc
+    }
+
+    /// Hands Raft leadership to another voter before this member stops, so that the
+    /// cluster need not wait out the leader lease and an election timeout (1.5–2 s) without
+    /// a leader. openraft 0.9 has no leadership transfer; this is one: the most caught-up
+    /// voter is asked to stand for election at once, and this member — whose own lease does
+    /// not hold it back — votes for it, which with its own vote is a majority of three.
+    /// From the first attempt on, this member stands for no election itself. Returns once
+    /// another member leads, or after `within` (the cluster then elects as after a crash).
+    pub async fn hand_over_leadership(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        // A leader refuses to vote for another while its own lease runs, which starts when
+        // it is elected: a leader elected just now waits for it to pass.
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let since = *self.leading_since.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = since {
+            let ready = since + lease + Duration::from_millis(20);
+            tokio::time::sleep_until(ready.min(deadline)).await;
+        }
+        let mut asked = false;
+        while tokio::time::Instant::now() < deadline {
+            let (target, last) = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                if m.current_leader != Some(self.id) {
+                    break;
+                }
+                let membership = m.membership_config.membership();
+                let matched = |id: &u64| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map(|l| l.index)
+                };
+                let best = membership
+                    .voter_ids()
+                    .filter(|id| *id != self.id)
+                    .max_by_key(|id| matched(id));
+                let Some(best) = best else {
+                    return; // the only voter
+                };
+                let Some(member) = membership.get_node(&best).cloned() else {
+                    return;
+                };
+                ((best, member), m.last_log_index.unwrap_or(0))
+            };
+            if !asked {
+                self.raft.runtime_config().elect(false);
+                asked = true;
+            }
+            tracing::info!(
+                to = target.0,
+                "handing Raft leadership over before stopping"
+            );
+            let ask = self.send_to(Some(target), PeerRequest::Elect(last));
+            match tokio::time::timeout_at(deadline, ask).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "asking a member to stand for election"),
+                Err(_) => break,
+            }
+            let id = self.id;
+            let _ = self
+                .raft
+                .wait(Some(Duration::from_millis(300)))
+                .metrics(|m| m.current_leader != Some(id), "another leader")
+                .await;
+        }
+        if asked {
+            let leader = self.raft.metrics().borrow().current_leader;
+            tracing::info!(?leader, "Raft leadership after the handover");
+        }
     }
 
     /// Stops Raft and the peer transport.
@@ -491,6 +567,30 @@ impl KvBackend for StoreNode {
             other => Err(StoreError::Corrupt(format!(
                 "compact answered with {other:?}"
             ))),
+        }
+    }
+}
+
+/// Keeps `since` at the moment this member became leader (None while it is not).
+async fn track_leadership(
+    raft: Raft<TypeConfig>,
+    id: u64,
+    since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let leads = metrics.borrow_and_update().current_leader == Some(id);
+        {
+            let mut since = since.lock().unwrap_or_else(|e| e.into_inner());
+            match leads {
+                true => {
+                    since.get_or_insert_with(tokio::time::Instant::now);
+                }
+                false => *since = None,
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }

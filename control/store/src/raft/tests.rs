@@ -158,6 +158,38 @@ async fn three_members_replicate_and_survive_losing_the_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_over_without_an_election_timeout() {
+    let c = start("handover", 3).await;
+    let ids = c.ids();
+    let leader = c.leader(&ids).await;
+    // Writes up to the last moment: the successor must hold every one of them.
+    for i in 0..20 {
+        c.put(leader, &format!("/before/{i}")).await;
+    }
+    let rest: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    // A leader elected under a second ago first waits for its own lease (see
+    // `hand_over_leadership`); one that has led for longer hands over at once.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = tokio::time::Instant::now();
+    c.nodes[&leader]
+        .hand_over_leadership(Duration::from_secs(2))
+        .await;
+    let new_leader = c.leader(&rest).await;
+    let took = started.elapsed();
+    // Without the handover a follower waits 1.5–2 s (lease plus election timeout).
+    assert!(took < Duration::from_millis(700), "handover took {took:?}");
+    c.nodes[&leader].shutdown().await;
+    c.put(rest[0], "/after").await;
+    for id in &rest {
+        for i in 0..20 {
+            c.wait_for_key(*id, &format!("/before/{i}")).await;
+        }
+        c.wait_for_key(*id, "/after").await;
+    }
+    assert_ne!(new_leader, leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_a_cluster_certificate_is_refused_and_harmless() {
     let c = start("mtls", 3).await;
     let leader = c.leader(&c.ids()).await;
