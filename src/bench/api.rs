@@ -277,7 +277,9 @@ async fn creates(
 /// The index in `burst-<i>` of the object named in a watch event line, if any.
 fn burst_index(line: &[u8]) -> Option<usize> {
     const MARK: &[u8] = b"\"name\":\"burst-";
-    let at = memchr::memmem::find(line, MARK)? + MARK.len();
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(MARK));
+    let at = FINDER.find(line)? + MARK.len();
     let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&line[at..at + digits])
         .ok()?
@@ -362,11 +364,25 @@ async fn watch_burst(
                     break;
                 };
                 let at = base.elapsed().as_nanos() as u64;
-                partial.extend_from_slice(&chunk?);
-                let Some(end) = memchr::memrchr(b'\n', &partial) else {
+                let chunk = chunk?;
+                // The servers send whole lines, so a chunk is usually used as it came; only
+                // a line split across chunks is put together in `partial`.
+                let joined;
+                let data: &[u8] = if partial.is_empty() {
+                    &chunk
+                } else {
+                    partial.extend_from_slice(&chunk);
+                    joined = std::mem::take(&mut partial);
+                    &joined
+                };
+                let Some(end) = memchr::memrchr(b'\n', data) else {
+                    partial.extend_from_slice(data);
                     continue;
                 };
-                for line in partial[..end].split(|b| *b == b'\n') {
+                let mut start = 0;
+                for nl in memchr::memchr_iter(b'\n', &data[..=end]) {
+                    let line = &data[start..nl];
+                    start = nl + 1;
                     if !counted_live && ready.find(line).is_some() {
                         counted_live = true;
                         live.fetch_add(1, Ordering::Relaxed);
@@ -386,7 +402,7 @@ async fn watch_burst(
                     ));
                     got += 1;
                 }
-                partial.drain(..=end);
+                partial.extend_from_slice(&data[end + 1..]);
             }
             Ok::<_, anyhow::Error>((lat, after_ack, got))
         }));

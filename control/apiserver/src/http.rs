@@ -1701,17 +1701,15 @@ async fn watch<B: Backend>(
             // A watcher too slow for the cache's buffer ends; the client resumes from its
             // last resourceVersion (as Kubernetes does).
             let Ok(batch) = next else { return };
-            let mut chunk: Vec<u8> = Vec::new();
+            let mut lines: Vec<Bytes> = Vec::new();
             let mut add = |batch: &crate::cache::Batch| {
                 // Bookmarks may repeat the revision the watch started at.
-                for e in batch
-                    .iter()
-                    .filter(|e| e.revision > revision || e.entry.is_none())
-                {
-                    if let Some(l) = event_line(e) {
-                        chunk.extend_from_slice(&l);
-                    }
-                }
+                lines.extend(
+                    batch
+                        .iter()
+                        .filter(|e| e.revision > revision || e.entry.is_none())
+                        .filter_map(|e| event_line(e)),
+                );
             };
             add(&batch);
             // Batches that queued up meanwhile go in the same write.
@@ -1722,7 +1720,13 @@ async fn watch<B: Backend>(
                     Err(_) => return,
                 }
             }
-            if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+            // One line is the shared encoding itself (no copy); several become one write.
+            let chunk = match lines.len() {
+                0 => continue,
+                1 => lines.pop().unwrap_or_default(),
+                _ => Bytes::from(lines.concat()),
+            };
+            if tx.send(Ok(chunk)).await.is_err() {
                 return;
             }
         }
