@@ -45,7 +45,7 @@ pub struct StoreNode {
     network: PeerNetwork,
     endpoint: PeerEndpoint,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
-    /// Since when this member leads (None: it does not).
+    /// Since when this member leads (None: it does not), as the lease clock saw it.
     leading_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
@@ -90,10 +90,8 @@ impl StoreNode {
             leases.clone(),
             removed.clone(),
         ));
-        let leading_since = Arc::new(std::sync::Mutex::new(None));
-        tokio::spawn(track_leadership(raft.clone(), id, leading_since.clone()));
         let node = StoreNode {
-            leading_since,
+            leading_since: Arc::default(),
             removed,
             id,
             raft,
@@ -352,6 +350,12 @@ impl StoreNode {
             }
             let leader = self.is_leader();
             let now = std::time::Instant::now();
+            if leader != was_leader {
+                // Seen up to a tick late: the handover's wait for this leader's lease errs
+                // on the long side.
+                *self.leading_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                    leader.then(tokio::time::Instant::now);
+            }
             if leader && !was_leader {
                 lock(&self.leases).promote(now, extend);
             } else if !leader && was_leader {
@@ -567,30 +571,6 @@ impl KvBackend for StoreNode {
             other => Err(StoreError::Corrupt(format!(
                 "compact answered with {other:?}"
             ))),
-        }
-    }
-}
-
-/// Keeps `since` at the moment this member became leader (None while it is not).
-async fn track_leadership(
-    raft: Raft<TypeConfig>,
-    id: u64,
-    since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-) {
-    let mut metrics = raft.metrics();
-    loop {
-        let leads = metrics.borrow_and_update().current_leader == Some(id);
-        {
-            let mut since = since.lock().unwrap_or_else(|e| e.into_inner());
-            match leads {
-                true => {
-                    since.get_or_insert_with(tokio::time::Instant::now);
-                }
-                false => *since = None,
-            }
-        }
-        if metrics.changed().await.is_err() {
-            return;
         }
     }
 }
