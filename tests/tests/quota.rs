@@ -211,4 +211,37 @@ fn quotas_and_limit_ranges_hold_on_every_master() {
     );
     let none = kubectl_ok(&cluster, "1.33", &["get", "quota,limits", "-o", "name"]);
     assert_eq!(none.trim(), "", "{none}");
+
+    // Updates are charged for what they add: a Service turned NodePort takes a node port.
+    kubectl_ok(&cluster, "1.33", &["create", "namespace", "ports"]);
+    fn in_ports<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [&["-n", "ports"][..], args].concat()
+    }
+    kubectl_ok(
+        &cluster,
+        "1.33",
+        &in_ports(&["create", "quota", "ports", "--hard=services.nodeports=1"]),
+    );
+    for svc in ["a", "b"] {
+        let create = ["create", "service", "clusterip", svc, "--tcp=80"];
+        kubectl_ok(&cluster, "1.33", &in_ports(&create));
+    }
+    let node_port = r#"{"spec":{"type":"NodePort"}}"#;
+    kubectl_ok(
+        &cluster,
+        "1.27",
+        &in_ports(&["patch", "service", "a", "-p", node_port]),
+    );
+    let err = kubectl_fails(
+        &cluster,
+        "1.33",
+        &in_ports(&["patch", "service", "b", "-p", node_port]),
+    );
+    assert!(
+        err.contains("services \"b\" is forbidden: exceeded quota: ports, requested: services.nodeports=1, used: services.nodeports=1"),
+        "{err}"
+    );
+    let get_type = ["get", "service", "b", "-o", "jsonpath={.spec.type}"];
+    let b = kubectl_ok(&cluster, "1.33", &in_ports(&get_type));
+    assert_eq!(b.trim(), "ClusterIP", "the refused update wrote nothing");
 }

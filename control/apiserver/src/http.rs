@@ -725,6 +725,9 @@ async fn serve<B: Backend>(
                 let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
                 return Ok(json_response(StatusCode::OK, &current));
             }
+            if let (Some(ns), None) = (ns.as_deref(), sub.as_deref()) {
+                admit_quota(&api, res, ns, Some(&current), &obj, query.dry_run).await?;
+            }
             let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
             let updated = finish_deletion(&api, res, ns.as_deref(), updated).await?;
             Ok(json_response(StatusCode::OK, &updated))
@@ -766,6 +769,9 @@ async fn serve<B: Backend>(
                 if unchanged(&current, &obj) {
                     let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
                     return Ok(json_response(StatusCode::OK, &current));
+                }
+                if let (Some(ns), None) = (ns.as_deref(), sub.as_deref()) {
+                    admit_quota(&api, res, ns, Some(&current), &obj, query.dry_run).await?;
                 }
                 match api.storage.update(res, ns.as_deref(), &obj).await {
                     Err(ApiError::Conflict { .. })
@@ -1344,7 +1350,7 @@ async fn create_object<B: Backend>(
         crate::validation::strict(res.kind, &obj)?;
     }
     if let Some(ns) = ns {
-        admit_quota(api, res, ns, &obj, query.dry_run).await?;
+        admit_quota(api, res, ns, None, &obj, query.dry_run).await?;
     }
     if query.dry_run {
         return Ok(obj);
@@ -1462,8 +1468,9 @@ async fn quota_usage<B: Backend>(
     ))
 }
 
-/// The ResourceQuota admission: object `obj` (a new `res` in `ns`) is charged to every quota
-/// of the namespace that limits what it uses. Each charge is a compare-and-swap of the quota's
+/// The ResourceQuota admission: object `obj` (a new `res` in `ns`, or with `old` an updated
+/// one, charged for what grew) is charged to every quota of the namespace that limits what it
+/// uses. Each charge is a compare-and-swap of the quota's
 /// `status.used` in the store (retried on conflict), so masters admitting at once cannot
 /// together exceed a quota; a quota whose usage is not yet known (new, or changed limits) is
 /// counted first. Over the limit → 403 with what was requested, used and limited. A charge
@@ -1473,6 +1480,7 @@ async fn admit_quota<B: Backend>(
     api: &Api<B>,
     res: &'static Resource,
     ns: &str,
+    old: Option<&Value>,
     obj: &Value,
     dry_run: bool,
 ) -> Result<(), ApiError> {
@@ -1499,15 +1507,19 @@ async fn admit_quota<B: Backend>(
             } else {
                 quota_usage(api, ns, &current).await?
             };
-            let next = usage::admit(&current, &qname, &used, res.plural, res.group, obj).map_err(
-                |why| {
-                    ApiError::Forbidden(format!(
-                        "{} \"{}\" is forbidden: {why}",
-                        res.plural,
-                        object_name(obj)
-                    ))
-                },
-            )?;
+            let next = match old {
+                None => usage::admit(&current, &qname, &used, res.plural, res.group, obj),
+                Some(old) => {
+                    usage::admit_change(&current, &qname, &used, res.plural, res.group, old, obj)
+                }
+            }
+            .map_err(|why| {
+                ApiError::Forbidden(format!(
+                    "{} \"{}\" is forbidden: {why}",
+                    res.plural,
+                    object_name(obj)
+                ))
+            })?;
             if dry_run {
                 break;
             }

@@ -335,10 +335,40 @@ pub fn admit(
             ));
         }
     }
-    let charged = charged(quota, plural, group, obj);
+    charge(quota, name, used, &charged(quota, plural, group, obj))
+}
+
+/// Whether the change of an object (a `plural` of `group`) from `old` to `new` still fits
+/// `quota` (named `name`), given what is `used` of it: as Kubernetes' quota admission does on
+/// update, only what grew is charged (a Service that became a NodePort, a pod that came under
+/// a quota's scope); what shrank is given back when the quota controller counts again.
+pub fn admit_change(
+    quota: &Value,
+    name: &str,
+    used: &Amounts,
+    plural: &str,
+    group: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<Amounts, String> {
+    let before = charged(quota, plural, group, old);
+    let grown: Amounts = charged(quota, plural, group, new)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let was = before.get(&k).copied().unwrap_or(0);
+            (v > was).then(|| (k, v - was))
+        })
+        .collect();
+    charge(quota, name, used, &grown)
+}
+
+/// Adds `charged` to what is `used` of `quota` (named `name`): the new usage, or Kubernetes'
+/// "exceeded quota" refusal naming every limit the charge goes over.
+fn charge(quota: &Value, name: &str, used: &Amounts, charged: &Amounts) -> Result<Amounts, String> {
+    let hard = hard(quota);
     let mut next = used.clone();
     let mut exceeded: Vec<&String> = Vec::new();
-    for (k, v) in &charged {
+    for (k, v) in charged {
         let now = next.entry(k.clone()).or_default();
         *now += v;
         if *v > 0 && hard.get(k).is_some_and(|limit| *now > *limit) {
@@ -367,6 +397,29 @@ pub fn admit(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_update_is_charged_only_for_what_grew() {
+        let q = quota(json!({"services": "5", "services.nodeports": "1"}));
+        let cluster_ip = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
+        let node_port = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        let two_ports =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}});
+        let used = amounts(Some(&json!({"services": "1", "services.nodeports": "0"})));
+        // ClusterIP → NodePort: one node port more; the service itself was counted already.
+        let next = admit_change(&q, "q", &used, "services", "", &cluster_ip, &node_port).unwrap();
+        assert_eq!(next["services"], 1000);
+        assert_eq!(next["services.nodeports"], 1000);
+        // A second port on it goes over services.nodeports=1.
+        let err = admit_change(&q, "q", &next, "services", "", &node_port, &two_ports).unwrap_err();
+        assert!(
+            err.starts_with("exceeded quota: q, requested: services.nodeports=1"),
+            "{err}"
+        );
+        // Back to ClusterIP charges nothing (the controller gives the port back).
+        let back = admit_change(&q, "q", &next, "services", "", &node_port, &cluster_ip).unwrap();
+        assert_eq!(back, next);
+    }
 
     fn quota(hard: Value) -> Value {
         json!({"metadata": {"name": "q"}, "spec": {"hard": hard}})
