@@ -244,4 +244,20 @@ fn quotas_and_limit_ranges_hold_on_every_master() {
     let get_type = ["get", "service", "b", "-o", "jsonpath={.spec.type}"];
     let b = kubectl_ok(&cluster, "1.33", &in_ports(&get_type));
     assert_eq!(b.trim(), "ClusterIP", "the refused update wrote nothing");
+
+    // A server-side dry run of an update is admitted and answered, and writes nothing.
+    let dry = ["patch", "service", "b", "-p", node_port, "--dry-run=server"];
+    let err = kubectl_fails(&cluster, "1.33", &in_ports(&dry));
+    assert!(err.contains("exceeded quota: ports"), "{err}");
+    let dry = ["label", "service", "b", "tier=web", "--dry-run=server"];
+    kubectl_ok(&cluster, "1.27", &in_ports(&dry));
+    let labels = [
+        "get",
+        "service",
+        "b",
+        "-o",
+        "jsonpath={.metadata.labels.tier}",
+    ];
+    let tier = kubectl_ok(&cluster, "1.33", &in_ports(&labels));
+    assert_eq!(tier.trim(), "", "a dry run wrote the label");
 }

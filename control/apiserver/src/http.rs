@@ -728,6 +728,10 @@ async fn serve<B: Backend>(
             if let (Some(ns), None) = (ns.as_deref(), sub.as_deref()) {
                 admit_quota(&api, res, ns, Some(&current), &obj, query.dry_run).await?;
             }
+            if query.dry_run {
+                // Admitted and validated; nothing is written.
+                return Ok(json_response(StatusCode::OK, &obj));
+            }
             let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
             let updated = finish_deletion(&api, res, ns.as_deref(), updated).await?;
             Ok(json_response(StatusCode::OK, &updated))
@@ -772,6 +776,9 @@ async fn serve<B: Backend>(
                 }
                 if let (Some(ns), None) = (ns.as_deref(), sub.as_deref()) {
                     admit_quota(&api, res, ns, Some(&current), &obj, query.dry_run).await?;
+                }
+                if query.dry_run {
+                    return Ok(json_response(StatusCode::OK, &obj));
                 }
                 match api.storage.update(res, ns.as_deref(), &obj).await {
                     Err(ApiError::Conflict { .. })
