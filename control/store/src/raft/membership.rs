@@ -141,10 +141,22 @@ pub async fn apply_on_leader(
             ChangeMembers::SetNodes(BTreeMap::from([(id, member)]))
         }
     };
-    raft.change_membership(changes, false)
-        .await
-        .map(|_| ())
-        .map_err(|e| MemberRefusal::Failed(e.to_string()))
+    // A leader elected a moment ago has not committed the configuration it inherited yet
+    // (its first entry does that): the change waits for it rather than fail.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match raft.change_membership(changes.clone(), false).await {
+            Ok(_) => return Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ),
+            )) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(MemberRefusal::Failed(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
