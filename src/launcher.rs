@@ -193,6 +193,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             "system:kube-controller-manager",
         ),
         (crate::server::SCHEDULER_CERT, "system:kube-scheduler"),
+        (
+            flotilla_pki::NODE_CLIENT_CERT,
+            flotilla_pki::NODE_CLIENT_USER,
+        ),
     ] {
         if !pki_dir.join(format!("{file}.crt")).exists() {
             ca.issue(&CertRequest::client(user, &["system:masters"]))
@@ -353,6 +357,19 @@ fn start_simulator(
 ) -> anyhow::Result<ProcessEntry> {
     let data_dir = dir.join(SIMULATOR);
     fs::create_dir_all(&data_dir)?;
+    // The agent's endpoint (logs, exec) serves the masters on localhost with a certificate
+    // from the cluster CA.
+    let pki_dir = dir.join("pki");
+    if !pki_dir.join(format!("{SIMULATOR}.crt")).exists() {
+        let ca = ClusterCa::load(&pki_dir).context("loading the cluster CA")?;
+        ca.issue(&CertRequest::host(
+            SIMULATOR,
+            &["localhost".into(), "127.0.0.1".into()],
+            Usage::Server,
+        ))
+        .context("issuing the simulated nodes' endpoint certificate")?
+        .write(&pki_dir, SIMULATOR)?;
+    }
     let log = data_dir.join("agent.log");
     let _ = fs::remove_file(&log);
     let pid = spawn_detached(
@@ -363,7 +380,13 @@ fn start_simulator(
             .arg("--kubeconfig")
             .arg(dir.join("admin.kubeconfig"))
             .arg("--data-dir")
-            .arg(&data_dir),
+            .arg(&data_dir)
+            .arg("--tls-cert-file")
+            .arg(pki_dir.join(format!("{SIMULATOR}.crt")))
+            .arg("--tls-private-key-file")
+            .arg(pki_dir.join(format!("{SIMULATOR}.key")))
+            .arg("--client-ca-file")
+            .arg(pki_dir.join(flotilla_pki::CA_CERT_FILE)),
         &log,
     )?;
     while !fs::read_to_string(&log).is_ok_and(|l| l.contains("simulated nodes registered")) {

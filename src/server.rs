@@ -212,6 +212,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         )
     })?;
     let mut api_tls = flotilla_pki::server_config(&ca_pem, &tls, ClientAuth::Optional)?;
+    // Logs and exec go to node agents as the shared kubelet-client user.
+    let node_client =
+        match flotilla_pki::Identity::read(&args.pki_dir, flotilla_pki::NODE_CLIENT_CERT) {
+            Ok(id) => Some(flotilla_apiserver::node_proxy::NodeClient::new(
+                flotilla_pki::client_config(&ca_pem, Some(&id))?,
+            )),
+            Err(_) => {
+                tracing::warn!(
+                "no kubelet-client certificate in the PKI dir; pod logs and exec are unavailable"
+            );
+                None
+            }
+        };
     // HTTP/2 first, as kube-apiserver offers it: client-go then multiplexes its requests and
     // watches over one connection per master.
     api_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -384,7 +397,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let api = flotilla_apiserver::http::Api::with_tokens(node.clone(), tokens);
+    let api = flotilla_apiserver::http::Api::serving(node.clone(), tokens, node_client);
     api.start_caches();
     tasks.spawn("kubernetes-api", {
         let api = api.clone();

@@ -317,3 +317,18 @@ pub fn bench_figure<'a>(report: &'a serde_json::Value, prefix: &str) -> &'a serd
         .find(|f| f["metric"].as_str().unwrap_or("").starts_with(prefix))
         .unwrap_or_else(|| panic!("no figure {prefix:?} in {report}"))
 }
+
+/// The Python interpreter of the venv `scripts/setup` makes for the official client
+/// (`$FLOTILLA_PYENV`, default `/var/tmp/flotilla-pyenv`); panics if it is missing.
+pub fn python() -> PathBuf {
+    let python = PathBuf::from(
+        std::env::var("FLOTILLA_PYENV").unwrap_or_else(|_| "/var/tmp/flotilla-pyenv".into()),
+    )
+    .join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup (it installs the Python client)",
+        python.display()
+    );
+    python
+}

@@ -9,15 +9,7 @@ use flotilla_e2e::{show, LocalCluster};
 
 #[test]
 fn the_official_python_client_works() {
-    let python = PathBuf::from(
-        std::env::var("FLOTILLA_PYENV").unwrap_or_else(|_| "/var/tmp/flotilla-pyenv".into()),
-    )
-    .join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup (it installs the Python client)",
-        python.display()
-    );
+    let python = flotilla_e2e::python();
     let cluster = LocalCluster::up("python", &["--masters", "3", "--nodes", "0", "--no-demo"]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/client_smoke.py");
     let out = Command::new(&python)

@@ -260,4 +260,52 @@ fn quotas_and_limit_ranges_hold_on_every_master() {
     ];
     let tier = kubectl_ok(&cluster, "1.33", &in_ports(&labels));
     assert_eq!(tier.trim(), "", "a dry run wrote the label");
+
+    // … and so is a dry run of a delete, of one object, of a selection, and of a namespace.
+    let dry = ["delete", "service", "b", "--dry-run=server"];
+    let out = kubectl_ok(&cluster, "1.27", &in_ports(&dry));
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    let dry = ["delete", "services", "--all", "--dry-run=server"];
+    kubectl_ok(&cluster, "1.33", &in_ports(&dry));
+    kubectl_ok(
+        &cluster,
+        "1.33",
+        &["delete", "namespace", "ports", "--dry-run=server"],
+    );
+    let left = kubectl_ok(
+        &cluster,
+        "1.33",
+        &in_ports(&["get", "services", "-o", "name"]),
+    );
+    assert_eq!(
+        left.trim(),
+        "service/a\nservice/b",
+        "a dry run deleted: {left}"
+    );
+    // deletecollection: a dry run keeps everything, a real one takes what its selector picks.
+    for (cm, label) in [("keep", "x=1"), ("drop", "x=2")] {
+        kubectl_ok(&cluster, "1.33", &in_ports(&["create", "configmap", cm]));
+        kubectl_ok(
+            &cluster,
+            "1.33",
+            &in_ports(&["label", "configmap", cm, label]),
+        );
+    }
+    let cms = "/api/v1/namespaces/ports/configmaps";
+    let all_dry = format!("{cms}?dryRun=All");
+    kubectl_ok(&cluster, "1.33", &["delete", "--raw", &all_dry]);
+    let picked = format!("{cms}?labelSelector=x%3D2");
+    kubectl_ok(&cluster, "1.27", &["delete", "--raw", &picked]);
+    let names = ["get", "configmaps", "-l", "x", "-o", "name"];
+    let left = kubectl_ok(&cluster, "1.33", &in_ports(&names));
+    assert_eq!(left.trim(), "configmap/keep", "{left}");
+    let phase = [
+        "get",
+        "namespace",
+        "ports",
+        "-o",
+        "jsonpath={.status.phase}",
+    ];
+    let phase = kubectl_ok(&cluster, "1.33", &phase);
+    assert_eq!(phase.trim(), "Active", "a dry run marked the namespace");
 }

@@ -101,13 +101,26 @@ fn subresources(r: &Resource) -> Vec<Subresource> {
     };
     let mut out = vec![own("status", &["get", "patch", "update"][..])];
     match r.kind {
-        "Pod" => out.push(Subresource {
-            name: "binding",
-            group: "",
-            version: "v1",
-            kind: "Binding",
-            verbs: &["create"],
-        }),
+        "Pod" => {
+            let core = |name, kind, verbs| Subresource {
+                name,
+                group: "",
+                version: "v1",
+                kind,
+                verbs,
+            };
+            out.push(core("binding", "Binding", &["create"][..]));
+            out.push(core("log", "Pod", &["get"]));
+            out.push(core("exec", "PodExecOptions", &["create", "get"]));
+            out.push(core("attach", "PodAttachOptions", &["create", "get"]));
+            out.push(Subresource {
+                name: "eviction",
+                group: "policy",
+                version: "v1",
+                kind: "Eviction",
+                verbs: &["create"],
+            });
+        }
         "Namespace" => out.push(own("finalize", &["update"])),
         "ServiceAccount" => out.push(Subresource {
             name: "token",

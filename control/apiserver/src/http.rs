@@ -43,6 +43,7 @@ pub struct Api<B> {
     storage: Storage<B>,
     caches: crate::cache::Caches<B>,
     tokens: Option<crate::tokens::TokenSigner>,
+    nodes: Option<crate::node_proxy::NodeClient>,
 }
 
 impl<B: Backend> Api<B> {
@@ -54,12 +55,27 @@ impl<B: Backend> Api<B> {
     /// Serves the objects in `backend`, issuing and accepting service-account tokens signed by
     /// `tokens` (without one, bearer tokens are refused).
     pub fn with_tokens(backend: B, tokens: Option<crate::tokens::TokenSigner>) -> Arc<Api<B>> {
+        Api::serving(backend, tokens, None)
+    }
+
+    /// Serves the objects in `backend` with `tokens` (as [`Api::with_tokens`]), proxying
+    /// logs and exec to node agents with `nodes` (without it, those requests get 503).
+    pub fn serving(
+        backend: B,
+        tokens: Option<crate::tokens::TokenSigner>,
+        nodes: Option<crate::node_proxy::NodeClient>,
+    ) -> Arc<Api<B>> {
         let storage = Storage::new(backend);
         Arc::new(Api {
             caches: crate::cache::Caches::new(storage.clone()),
             storage,
             tokens,
+            nodes,
         })
+    }
+
+    pub(crate) fn node_client(&self) -> Option<&crate::node_proxy::NodeClient> {
+        self.nodes.as_ref()
     }
 
     /// Starts the watch cache of every resource (servers call this once at start).
@@ -79,7 +95,7 @@ pub fn router<B: Backend>(api: Arc<Api<B>>) -> Router {
     Router::new().fallback(handle::<B>).with_state(api)
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(crate) fn error_response(e: &ApiError) -> Response {
     let (code, _) = e.code_and_reason();
     let body = serde_json::to_vec(&e.to_status()).unwrap_or_default();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -473,6 +489,12 @@ fn attributes<'a>(
                 Method::DELETE => "delete",
                 _ => "unknown",
             };
+            // Running a command is a create, whichever method the protocol uses (WebSocket
+            // upgrades are GETs), as Kubernetes authorizes it since 1.31.
+            let verb = match sub.as_deref() {
+                Some("exec" | "attach") if res.kind == "Pod" => "create",
+                _ => verb,
+            };
             let ns = if res.kind == "Namespace" {
                 Some(name.as_str())
             } else {
@@ -589,6 +611,30 @@ async fn serve<B: Backend>(
             let obj = parse_body(protobuf, &read_body(body).await?)?;
             let created = create_object(&api, res, ns.as_deref(), obj, &query).await?;
             Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (Method::GET, Target::Object(res, Some(ns), name, Some(sub)))
+            if res.kind == "Pod" && sub == "log" =>
+        {
+            crate::node_proxy::log(&api, &ns, &name, parts.uri.query()).await
+        }
+        (Method::GET | Method::POST, Target::Object(res, Some(ns), name, Some(sub)))
+            if res.kind == "Pod" && (sub == "exec" || sub == "attach") =>
+        {
+            let req = Request::from_parts(parts, body);
+            crate::node_proxy::stream(&api, &ns, &name, &sub, req).await
+        }
+        (Method::POST, Target::Object(res, Some(ns), name, Some(sub)))
+            if res.kind == "Pod" && sub == "eviction" =>
+        {
+            evict(
+                &api,
+                res,
+                &ns,
+                &name,
+                parse_body(protobuf, &read_body(body).await?)?,
+                parts.uri.query(),
+            )
+            .await
         }
         (Method::GET, Target::Object(res, ns, name, Some(sub)))
             if sub == "scale" && res.has_scale() =>
@@ -725,12 +771,8 @@ async fn serve<B: Backend>(
                 let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
                 return Ok(json_response(StatusCode::OK, &current));
             }
-            if let (Some(ns), None) = (ns.as_deref(), sub.as_deref()) {
-                admit_quota(&api, res, ns, Some(&current), &obj, query.dry_run).await?;
-            }
-            if query.dry_run {
-                // Admitted and validated; nothing is written.
-                return Ok(json_response(StatusCode::OK, &obj));
+            if let Some(dry) = admit_update(&api, res, &ns, &sub, &current, &obj, &query).await? {
+                return Ok(dry);
             }
             let updated = api.storage.update(res, ns.as_deref(), &obj).await?;
             let updated = finish_deletion(&api, res, ns.as_deref(), updated).await?;
@@ -774,11 +816,9 @@ async fn serve<B: Backend>(
                     let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
                     return Ok(json_response(StatusCode::OK, &current));
                 }
-                if let (Some(ns), None) = (ns.as_deref(), sub.as_deref()) {
-                    admit_quota(&api, res, ns, Some(&current), &obj, query.dry_run).await?;
-                }
-                if query.dry_run {
-                    return Ok(json_response(StatusCode::OK, &obj));
+                let admitted = admit_update(&api, res, &ns, &sub, &current, &obj, &query).await?;
+                if let Some(dry) = admitted {
+                    return Ok(dry);
                 }
                 match api.storage.update(res, ns.as_deref(), &obj).await {
                     Err(ApiError::Conflict { .. })
@@ -805,6 +845,10 @@ async fn serve<B: Backend>(
                         "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
                     )));
                 }
+                if opts.dry_run {
+                    let current = api.storage.get(res, None, &name).await?;
+                    return Ok(json_response(StatusCode::OK, &current));
+                }
                 // The namespace controller empties it and removes the `kubernetes` finalizer.
                 let marked = mark_terminating(&api, res, &name).await?;
                 if has_spec_finalizers(&marked) {
@@ -815,23 +859,20 @@ async fn serve<B: Backend>(
             Ok(json_response(StatusCode::OK, &gone))
         }
         (Method::DELETE, Target::Collection(res, ns)) => {
+            if res.kind == "Namespace" {
+                return Err(ApiError::MethodNotAllowed(
+                    "namespaces are deleted one by one (deletecollection is not served for them)"
+                        .into(),
+                ));
+            }
+            let opts = delete_options(body, parts.uri.query()).await?;
             let (items, _) = list(&api, res, ns.as_deref(), &query).await?;
             let mut deleted = Vec::new();
+            // Each object goes as a delete of it would: finalizers, graceful pod deletion,
+            // propagation policy and dry run included.
             for item in items {
-                let name = item
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let item_ns = item
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .map(String::from);
-                match api
-                    .storage
-                    .delete(res, item_ns.as_deref(), &name, None)
-                    .await
-                {
+                let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+                match delete_object(&api, res, item_ns, object_name(&item), &opts).await {
                     Ok(o) => deleted.push(o),
                     Err(ApiError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -847,6 +888,24 @@ async fn serve<B: Backend>(
             "the server does not allow method {m} on {path}"
         ))),
     }
+}
+
+/// The admission of an update (or patch) that passed validation: ResourceQuota charges what
+/// the main resource's change adds. On a dry run this is the end: the answer is the object as
+/// it would be stored, and nothing is written.
+async fn admit_update<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: &Option<String>,
+    sub: &Option<String>,
+    current: &Value,
+    obj: &Value,
+    query: &Query,
+) -> Result<Option<Response>, ApiError> {
+    if let (Some(ns), None) = (ns.as_deref(), sub.as_deref()) {
+        admit_quota(api, res, ns, Some(current), obj, query.dry_run).await?;
+    }
+    Ok(query.dry_run.then(|| json_response(StatusCode::OK, obj)))
 }
 
 /// The autoscaling/v1 Scale of a scalable object.
@@ -939,6 +998,8 @@ struct DeleteOptions {
     grace_period: Option<i64>,
     /// `propagationPolicy` (or the older `orphanDependents`): Orphan, Background or Foreground.
     propagation: Option<String>,
+    /// `dryRun: [All]` (body) or `dryRun=All` (query): check everything, write nothing.
+    dry_run: bool,
 }
 
 /// The finalizer through which the garbage collector carries out a propagation policy, if the
@@ -968,6 +1029,11 @@ async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions
     } else {
         parse_json(&bytes)?
     };
+    delete_options_of(&body, query)
+}
+
+/// The DeleteOptions in `body` (JSON; null: none), with the query's parameters over them.
+fn delete_options_of(body: &Value, query: Option<&str>) -> Result<DeleteOptions, ApiError> {
     let mut opts = DeleteOptions {
         resource_version: match body
             .pointer("/preconditions/resourceVersion")
@@ -992,6 +1058,7 @@ async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions
             (None, Some(false)) => Some("Background".into()),
             (None, None) => None,
         },
+        dry_run: dry_run_of(body.get("dryRun"))?,
     };
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
@@ -1002,6 +1069,7 @@ async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions
             }
             "propagationPolicy" => opts.propagation = Some(v.to_string()),
             "orphanDependents" if v == "true" => opts.propagation = Some("Orphan".into()),
+            "dryRun" => opts.dry_run |= dry_run_of(Some(&json!([v])))?,
             _ => {}
         }
     }
@@ -1011,12 +1079,36 @@ async fn delete_options(body: Body, query: Option<&str>) -> Result<DeleteOptions
     Ok(opts)
 }
 
+/// `DeleteOptions.dryRun`: absent or empty is a real delete, `["All"]` a dry run; any other
+/// value is refused, as Kubernetes refuses it.
+fn dry_run_of(v: Option<&Value>) -> Result<bool, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(false);
+    };
+    let values = v
+        .as_array()
+        .ok_or_else(|| ApiError::BadRequest("dryRun must be a list such as [\"All\"]".into()))?;
+    let mut dry = false;
+    for d in values {
+        match d.as_str() {
+            Some("All") => dry = true,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unsupported dryRun value {d}: the only supported value is \"All\""
+                )))
+            }
+        }
+    }
+    Ok(dry)
+}
+
 /// Deletes an object as Kubernetes does: an object with finalizers only gets a
 /// `deletionTimestamp` (it goes when its finalizers are removed); a pod bound to a node is
 /// deleted gracefully (`deletionTimestamp` = now + grace period, for its node agent to stop
 /// it) unless the grace period is 0; anything else goes at once. Propagation policies
 /// Orphan and Foreground add the `orphan` or `foregroundDeletion` finalizer, which the
-/// garbage collector removes once it has released or deleted the dependents.
+/// garbage collector removes once it has released or deleted the dependents. A dry run
+/// checks the same and returns what the delete would, writing nothing.
 async fn delete_object<B: Backend>(
     api: &Api<B>,
     res: &Resource,
@@ -1083,10 +1175,16 @@ async fn delete_object<B: Backend>(
             marked["metadata"]["deletionTimestamp"] =
                 json!(at.round(jiff::Unit::Second).unwrap_or(at).to_string());
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(wait);
+            if opts.dry_run {
+                return Ok(marked);
+            }
             match api.storage.update(res, ns, &marked).await {
                 Err(ApiError::Conflict { .. }) => continue,
                 other => return other,
             }
+        }
+        if opts.dry_run {
+            return Ok(current);
         }
         match api.storage.delete(res, ns, name, Some(rv)).await {
             Err(ApiError::Conflict { .. }) => continue,
@@ -1103,6 +1201,50 @@ async fn delete_object<B: Backend>(
         kind: res.plural.into(),
         name: name.into(),
     })
+}
+
+/// `POST pods/<name>/eviction`: an Eviction (policy/v1 or v1beta1) deletes the pod with its
+/// `deleteOptions`, as `kubectl drain` asks. There are no PodDisruptionBudgets to consult.
+async fn evict<B: Backend>(
+    api: &Api<B>,
+    res: &'static Resource,
+    ns: &str,
+    name: &str,
+    eviction: Value,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let invalid = |field: &str, msg: String| ApiError::Invalid {
+        kind: "Eviction".into(),
+        name: name.into(),
+        causes: vec![(field.into(), msg)],
+    };
+    if eviction["kind"] != "Eviction"
+        || !matches!(
+            eviction["apiVersion"].as_str(),
+            Some("policy/v1" | "policy/v1beta1")
+        )
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the body of pods/eviction must be a policy/v1 Eviction, not {} {}",
+            eviction["apiVersion"], eviction["kind"]
+        )));
+    }
+    match eviction.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(n) if n == name => {}
+        other => {
+            return Err(invalid(
+                "metadata.name",
+                format!("Invalid value: {other:?}: name in URL does not match name in Eviction"),
+            ))
+        }
+    }
+    let opts = delete_options_of(eviction.get("deleteOptions").unwrap_or(&Value::Null), query)?;
+    delete_object(api, res, Some(ns), name, &opts).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "code": 201}),
+    ))
 }
 
 /// After an update: an object marked for deletion whose finalizers are all gone is deleted.

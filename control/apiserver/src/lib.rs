@@ -15,6 +15,7 @@ pub mod discovery;
 mod fuzz;
 pub mod http;
 pub mod kinds;
+pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod protobuf;

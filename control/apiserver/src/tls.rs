@@ -14,18 +14,7 @@ use crate::http::User;
 
 /// The user a client certificate (DER) names: CN is the user, each O a group.
 pub fn user_of(cert_der: &[u8]) -> Option<User> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(String::from))
-        .collect();
+    let (name, groups) = flotilla_pki::subject_of(cert_der)?;
     Some(User { name, groups })
 }
 

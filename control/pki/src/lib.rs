@@ -27,6 +27,30 @@ pub const CA_CERT_FILE: &str = "ca.crt";
 /// File name of the CA private key inside a PKI directory.
 pub const CA_KEY_FILE: &str = "ca.key";
 
+/// The user the API servers act as towards node agents (for logs and exec), as Kubernetes'
+/// `kube-apiserver-kubelet-client`; a node agent's endpoint accepts no one else.
+pub const NODE_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+/// The file stem of that user's certificate in the PKI dir (shared by every master).
+pub const NODE_CLIENT_CERT: &str = "kubelet-client";
+
+/// The subject of a certificate (DER): its common name and its organizations, which the API
+/// reads as a user name and groups.
+pub fn subject_of(cert_der: &[u8]) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some((name, groups))
+}
+
 /// What can go wrong while making, reading or using certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

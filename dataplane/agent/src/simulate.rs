@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,13 @@ pub struct SimConfig {
     pub pods: u32,
     /// How often Leases are renewed.
     pub heartbeat: Duration,
+    /// Where the agent's endpoint (logs, exec) is reached: a host name every master can
+    /// resolve (published as the nodes' `InternalDNS` address) and the port (published as
+    /// `daemonEndpoints.kubeletEndpoint.Port`). None: no endpoint.
+    pub endpoint: Option<(String, u16)>,
+    /// Where the simulated containers' logs are written ([`crate::logs`] layout). None: no
+    /// logs.
+    pub logs: Option<PathBuf>,
 }
 
 impl SimConfig {
@@ -54,6 +62,8 @@ impl SimConfig {
             memory: "32Gi".into(),
             pods: 110,
             heartbeat: Duration::from_secs(10),
+            endpoint: None,
+            logs: None,
         }
     }
 
@@ -68,6 +78,15 @@ impl SimConfig {
 /// The Node object of simulated node `name` (number `i`), status included.
 pub fn node_object(cfg: &SimConfig, name: &str, i: usize) -> Node {
     let now = Timestamp::now().to_string();
+    let mut addresses = vec![
+        json!({"type": "InternalIP", "address": format!("10.89.{}.{}", i / 250, i % 250 + 1)}),
+        json!({"type": "Hostname", "address": name}),
+    ];
+    let mut port = 0;
+    if let Some((host, p)) = &cfg.endpoint {
+        addresses.push(json!({"type": "InternalDNS", "address": host}));
+        port = *p;
+    }
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -84,10 +103,8 @@ pub fn node_object(cfg: &SimConfig, name: &str, i: usize) -> Node {
         "status": {
             "capacity": {"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.pods.to_string()},
             "allocatable": {"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.pods.to_string()},
-            "addresses": [
-                {"type": "InternalIP", "address": format!("10.89.{}.{}", i / 250, i % 250 + 1)},
-                {"type": "Hostname", "address": name},
-            ],
+            "addresses": addresses,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
             "conditions": [
                 {"type": "Ready", "status": "True", "reason": "KubeletReady",
                  "message": "simulated node is ready", "lastHeartbeatTime": now,
@@ -205,7 +222,8 @@ pub async fn run(
         silent.clone(),
         reported.clone(),
     );
-    let pods = pod_loop(client, host_ips, silent, resumed, reported);
+    let logs = SimLogs(cfg.logs.clone());
+    let pods = pod_loop(client, host_ips, silent, resumed, reported, logs);
     tokio::select! {
         _ = shutdown => {}
         _ = heartbeats => {}
@@ -427,6 +445,7 @@ async fn pod_loop(
     silent: Silent,
     mut resumed: tokio::sync::mpsc::UnboundedReceiver<String>,
     reported: Arc<Mutex<metrics::Reported>>,
+    logs: SimLogs,
 ) {
     let all: Api<Pod> = Api::all(client.clone());
     let ips = Arc::new(Mutex::new(Ips::default()));
@@ -436,6 +455,7 @@ async fn pod_loop(
             e = events.next() => match e {
                 Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => vec![p],
                 Some(Ok(watcher::Event::Delete(p))) => {
+                    logs.remove(&p);
                     if let Some(uid) = p.metadata.uid.as_deref() {
                         ips.lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -468,7 +488,7 @@ async fn pod_loop(
             }
         };
         for pod in pods {
-            act(&client, &pod, &host_ips, &ips, &silent).await;
+            act(&client, &pod, &host_ips, &ips, &silent, &logs).await;
             report_usage(&client, &pod, &host_ips, &silent, &reported).await;
         }
     }
@@ -482,6 +502,7 @@ async fn act(
     host_ips: &HashMap<String, String>,
     ips: &Mutex<Ips>,
     silent: &Silent,
+    logs: &SimLogs,
 ) {
     let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
         return;
@@ -506,6 +527,7 @@ async fn act(
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     if pod.metadata.deletion_timestamp.is_some() {
         // The containers "stopped": finish the deletion, as a kubelet does.
+        logs.stopped(pod, "stopped: the pod is being deleted");
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             ..Default::default()
@@ -534,12 +556,14 @@ async fn act(
         tracing::debug!(pod = %name, error = %e, "simulated nodes: status update (will retry on the next event)");
         return;
     }
+    logs.started(pod, &node);
     // A pod that asks to exit (to exercise Jobs) does so after its run time.
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     if let Some(code) = annotations
         .get(EXIT_CODE_ANNOTATION)
         .and_then(|c| c.parse::<i32>().ok())
     {
+        let logs = logs.clone();
         let run_for = annotations
             .get(RUN_SECONDS_ANNOTATION)
             .and_then(|s| s.parse::<f64>().ok())
@@ -554,6 +578,7 @@ async fn act(
                 return;
             }
             current.status = serde_json::from_value(exited_status(&current, code)).ok();
+            logs.stopped(&current, &format!("exited with code {code}"));
             if let Err(e) = pods
                 .replace_status(&name, &PostParams::default(), &current)
                 .await
@@ -561,6 +586,79 @@ async fn act(
                 tracing::debug!(pod = %name, error = %e, "simulated nodes: reporting an exit");
             }
         });
+    }
+}
+
+/// The simulated containers' log files ([`crate::logs`] layout, one start per container):
+/// what the simulation did with each container, since no process writes anything.
+#[derive(Debug, Clone)]
+struct SimLogs(Option<PathBuf>);
+
+impl SimLogs {
+    fn dir(&self, pod: &Pod) -> Option<PathBuf> {
+        let root = self.0.as_deref()?;
+        let m = &pod.metadata;
+        Some(crate::logs::pod_dir(
+            root,
+            m.namespace.as_deref()?,
+            m.name.as_deref()?,
+            m.uid.as_deref()?,
+        ))
+    }
+
+    /// Writes `line(container)` to every container's log; `exited` closes the logs.
+    fn write(
+        &self,
+        pod: &Pod,
+        line: impl Fn(&k8s_openapi::api::core::v1::Container) -> String,
+        exited: bool,
+    ) {
+        let Some(dir) = self.dir(pod) else { return };
+        for c in pod.spec.iter().flat_map(|s| &s.containers) {
+            let log = crate::logs::container_log(&dir, &c.name, 0);
+            if exited && (!log.exists() || log.with_extension("exited").exists()) {
+                continue;
+            }
+            let written = crate::logs::append(&log, "stdout", &line(c)).and_then(|()| {
+                if exited {
+                    crate::logs::mark_exited(&log)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = written {
+                tracing::debug!(log = %log.display(), error = %e, "simulated nodes: writing a log");
+            }
+        }
+    }
+
+    fn started(&self, pod: &Pod, node: &str) {
+        self.write(
+            pod,
+            |c| {
+                format!(
+                    "simulated container \"{}\" (image {}) started on node {node}; a simulated \
+                     node runs no processes, so this log holds only what the simulation did",
+                    c.name,
+                    c.image.as_deref().unwrap_or("none"),
+                )
+            },
+            false,
+        );
+    }
+
+    fn stopped(&self, pod: &Pod, what: &str) {
+        self.write(
+            pod,
+            |c| format!("simulated container \"{}\" {what}", c.name),
+            true,
+        );
+    }
+
+    fn remove(&self, pod: &Pod) {
+        if let Some(dir) = self.dir(pod) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 
