@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -126,6 +126,40 @@ impl FlotillaCluster {
             .find(|p| p["name"] == name && p["role"] == "master")?["pid"]
             .as_u64()
             .and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// Waits (at most `max`) until the masters are idle — together under a tenth of a core
+    /// over half a second — so that a measurement does not pay for the work its setup left
+    /// behind (watch caches and controllers still digesting a burst of creates). Returns how
+    /// long it waited.
+    pub async fn wait_until_idle(&self, max: Duration) -> Duration {
+        let start = Instant::now();
+        let pids: Vec<u32> = ["m1", "m2", "m3"]
+            .iter()
+            .filter_map(|m| self.master_pid(m))
+            .collect();
+        // utime + stime in clock ticks (100 per second on Linux).
+        let ticks = || -> u64 {
+            pids.iter()
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+                .filter_map(|stat| {
+                    // Fields after the command name, which is in parentheses.
+                    let rest = stat.rsplit_once(')')?.1;
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+                })
+                .sum()
+        };
+        let mut last = ticks();
+        while start.elapsed() < max {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = ticks();
+            if now.saturating_sub(last) < 5 {
+                break;
+            }
+            last = now;
+        }
+        start.elapsed()
     }
 }
 

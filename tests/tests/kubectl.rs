@@ -575,6 +575,54 @@ fn services_get_unique_addresses_and_finalizers_hold_deletions() {
     // Paged lists (kubectl's --chunk-size is the API's limit/continue) return every object once.
     let paged = k.ok(&["get", "svc", "--chunk-size=3", "-o", "name"]);
     assert_eq!(paged.lines().count(), 10, "{paged}");
+    // The pages are one list at the first page's revision: a Service created after the first
+    // page is not in the next ones, whether the next page comes from the same master (its
+    // cache kept the list) or from another (its store, at that revision).
+    let page = |ctx: &str, path: &str| -> serde_json::Value {
+        serde_json::from_str(&k.ok(&["--context", ctx, "get", "--raw", path])).unwrap()
+    };
+    let first = page("m1", "/api/v1/namespaces/default/services?limit=4");
+    let rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first["items"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        first["metadata"]["remainingItemCount"], 6,
+        "{}",
+        first["metadata"]
+    );
+    k.ok(&["create", "service", "clusterip", "late", "--tcp=80"]);
+    for ctx in ["m1", "m2"] {
+        let mut names: Vec<String> = first["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        let mut token = first["metadata"]["continue"].as_str().unwrap().to_string();
+        while !token.is_empty() {
+            let next = page(
+                ctx,
+                &format!("/api/v1/namespaces/default/services?limit=4&continue={token}"),
+            );
+            assert_eq!(next["metadata"]["resourceVersion"], rv.as_str(), "{ctx}");
+            names.extend(
+                next["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["metadata"]["name"].as_str().unwrap().to_string()),
+            );
+            token = next["metadata"]["continue"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+        }
+        assert_eq!(names.len(), 10, "{ctx}: {names:?}");
+        assert!(!names.contains(&"late".to_string()), "{ctx}: {names:?}");
+    }
+    k.ok(&["delete", "service", "late"]);
     let ports = k.ok(&[
         "get",
         "svc",

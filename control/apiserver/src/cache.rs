@@ -41,6 +41,10 @@ pub const FANOUT: usize = 4096;
 const LINGER: Duration = Duration::from_millis(2);
 /// How long a read waits for the cache to reach the revision it must reflect.
 const FRESH_WAIT: Duration = Duration::from_secs(3);
+/// How long the snapshot behind a paginated list is kept for its next pages, and how many
+/// are kept per resource; later pages of an older list are read from the store.
+const PAGED_FOR: Duration = Duration::from_secs(60);
+const PAGED_KEPT: usize = 8;
 /// How often an idle cache asks the store for progress (which becomes watch bookmarks).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -74,7 +78,9 @@ impl Entry {
         }
     }
 
-    fn key(&self) -> String {
+    /// The cache's key: `namespace/name`, or `name`. The store's key is its resource's prefix
+    /// followed by this, so both sort alike.
+    pub fn key(&self) -> String {
         let name = self
             .value
             .pointer("/metadata/name")
@@ -150,6 +156,17 @@ pub struct ResourceCache {
     res: &'static Resource,
     state: RwLock<State>,
     reached: watch::Sender<u64>,
+    /// Snapshots of paginated lists (revision, namespace, objects), newest last.
+    paged: Mutex<VecDeque<Paged>>,
+}
+
+/// The objects a paginated list started from, kept for its next pages.
+#[derive(Debug)]
+struct Paged {
+    revision: u64,
+    ns: Option<String>,
+    entries: Arc<Vec<Arc<Entry>>>,
+    at: std::time::Instant,
 }
 
 /// What a new watcher starts with.
@@ -177,6 +194,7 @@ impl ResourceCache {
                 tx: broadcast::channel(FANOUT).0,
             }),
             reached: watch::channel(0).0,
+            paged: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -288,6 +306,32 @@ impl ResourceCache {
     pub fn list(&self, ns: Option<&str>) -> (Vec<Arc<Entry>>, u64) {
         let st = self.read();
         (self.entries(&st, ns), st.revision)
+    }
+
+    /// Keeps `entries` (the objects in `ns` at `revision`) for the next pages of a list.
+    pub fn keep_for_pages(&self, revision: u64, ns: Option<&str>, entries: Arc<Vec<Arc<Entry>>>) {
+        let mut paged = self.paged.lock().unwrap_or_else(|e| e.into_inner());
+        paged.retain(|p| {
+            p.at.elapsed() < PAGED_FOR && !(p.revision == revision && p.ns.as_deref() == ns)
+        });
+        if paged.len() >= PAGED_KEPT {
+            paged.pop_front();
+        }
+        paged.push_back(Paged {
+            revision,
+            ns: ns.map(String::from),
+            entries,
+            at: std::time::Instant::now(),
+        });
+    }
+
+    /// The objects in `ns` at `revision`, if a paginated list kept them.
+    pub fn pages_at(&self, revision: u64, ns: Option<&str>) -> Option<Arc<Vec<Arc<Entry>>>> {
+        let paged = self.paged.lock().unwrap_or_else(|e| e.into_inner());
+        paged
+            .iter()
+            .find(|p| p.revision == revision && p.ns.as_deref() == ns && p.at.elapsed() < PAGED_FOR)
+            .map(|p| p.entries.clone())
     }
 
     fn entries(&self, st: &State, ns: Option<&str>) -> Vec<Arc<Entry>> {

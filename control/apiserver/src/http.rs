@@ -578,10 +578,8 @@ async fn serve<B: Backend>(
             watch(&api, res, ns.as_deref(), &query, table).await
         }
         (Method::GET, Target::Collection(res, ns)) => {
-            if query.continue_token.is_none() {
-                if let Some(r) = cached_list(&api, res, ns.as_deref(), &query, table).await? {
-                    return Ok(r);
-                }
+            if let Some(r) = cached_list(&api, res, ns.as_deref(), &query, table).await? {
+                return Ok(r);
             }
             // The store serves pages, all at the first page's revision; without a limit the
             // first page is everything.
@@ -1721,8 +1719,11 @@ async fn min_revision<B: Backend>(api: &Api<B>, q: &Query) -> Result<u64, ApiErr
     }
 }
 
-/// A whole list from the watch cache, or `None` when the store must serve it (the cache cannot
-/// catch up, or the list needs more than one page).
+/// A list served by the watch cache (`None`: the store must serve it). A list with a `limit`
+/// below its size is paginated from one snapshot of the cache, which is kept a while for the
+/// next pages; the continue tokens are the store's (revision and last key), so a page whose
+/// snapshot this master no longer holds — or another master — is read from the store at the
+/// same revision, and the pages still add up to one consistent list.
 async fn cached_list<B: Backend>(
     api: &Api<B>,
     res: &'static Resource,
@@ -1730,26 +1731,80 @@ async fn cached_list<B: Backend>(
     q: &Query,
     table: bool,
 ) -> Result<Option<Response>, ApiError> {
-    let min = min_revision(api, q).await?;
-    let Some(cache) = api.caches.fresh(res, min).await else {
-        return Ok(None);
+    let (entries, rv, after) = match q.continue_token.as_deref() {
+        Some(token) => {
+            let (revision, after) = crate::storage::decode_continue(token)?;
+            let prefix =
+                crate::registry::list_range(res.store_plural(), crate::registry::Scope::All);
+            let Some(after) = after
+                .strip_prefix(prefix.start())
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(String::from)
+            else {
+                return Ok(None);
+            };
+            let kept = api
+                .caches
+                .current(res)
+                .and_then(|c| c.pages_at(revision, ns));
+            match kept {
+                Some(entries) => (entries, revision, Some(after)),
+                None => return Ok(None),
+            }
+        }
+        None => {
+            let min = min_revision(api, q).await?;
+            let Some(cache) = api.caches.fresh(res, min).await else {
+                return Ok(None);
+            };
+            let (entries, rv) = cache.list(ns);
+            let entries = Arc::new(entries);
+            if q.limit > 0 && entries.len() as u64 > q.limit {
+                cache.keep_for_pages(rv, ns, entries.clone());
+            }
+            (entries, rv, None)
+        }
     };
-    let (entries, rv) = cache.list(ns);
-    let items: Vec<_> = entries
-        .into_iter()
-        .filter(|e| selected(q, &e.value))
-        .collect();
-    if q.limit > 0 && items.len() as u64 > q.limit {
-        return Ok(None);
+    // The snapshot is in key order: the page starts after the last key of the previous one.
+    let start = after.map_or(0, |a| entries.partition_point(|e| e.key() <= a));
+    let mut selected = entries[start..].iter().filter(|e| selected(q, &e.value));
+    let limit = if q.limit > 0 {
+        q.limit as usize
+    } else {
+        usize::MAX
+    };
+    let items: Vec<&Arc<crate::cache::Entry>> = selected.by_ref().take(limit).collect();
+    let remaining = selected.count();
+    let next = match items.last() {
+        Some(last) if remaining > 0 => {
+            let name = last
+                .value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let key =
+                crate::registry::object_key(res.store_plural(), last.namespace.as_deref(), name);
+            Some(crate::storage::encode_continue(rv, key.as_bytes()))
+        }
+        _ => None,
+    };
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(next) = next {
+        metadata["continue"] = json!(next);
+        // Kubernetes counts what is left only when nothing filters the list.
+        if q.label_selector.is_none() && q.field_selector.is_none() {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
     }
     if table {
         let values: Vec<Value> = items.iter().map(|e| e.value.clone()).collect();
-        let list = table::table(res.kind, &values, Some(rv));
+        let mut list = table::table(res.kind, &values, Some(rv));
+        list["metadata"] = metadata;
         return Ok(Some(json_response(StatusCode::OK, &list)));
     }
     // The objects are JSON already: the list is their concatenation.
     let head = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
-                      "metadata": {"resourceVersion": rv.to_string()}});
+                      "metadata": metadata});
     let mut body = serde_json::to_vec(&head).unwrap_or_default();
     body.pop(); // the closing brace
     body.extend_from_slice(b",\"items\":[");

@@ -863,12 +863,12 @@ fn fence_put(ns: Option<&str>, name: &str, lease: &Value) -> Op {
 }
 
 /// A continue token: the revision of the list and the last key returned, hex-encoded.
-fn encode_continue(revision: u64, last: &[u8]) -> String {
+pub(crate) fn encode_continue(revision: u64, last: &[u8]) -> String {
     let hex: String = last.iter().map(|b| format!("{b:02x}")).collect();
     format!("{revision}-{hex}")
 }
 
-fn decode_continue(token: &str) -> Result<(u64, Vec<u8>), ApiError> {
+pub(crate) fn decode_continue(token: &str) -> Result<(u64, Vec<u8>), ApiError> {
     let bad = || {
         ApiError::BadRequest(format!(
             "invalid continue token {token:?}: pass the one the previous page returned"
