@@ -105,6 +105,12 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub node_monitor_grace_period: u64,
 
+    /// Seconds between compactions of the store's history (kube-apiserver's
+    /// --etcd-compaction-interval): watches resume from a resourceVersion up to this old;
+    /// older ones get 410 Expired and relist. 0 never compacts.
+    #[arg(long, value_name = "SECS", default_value_t = flotilla_apiserver::compactor::DEFAULT_INTERVAL.as_secs())]
+    pub compaction_interval: u64,
+
     /// Directory with the cluster CA (ca.crt) and this member's certificate and key
     /// (NAME.crt, NAME.key), valid for its peer and client addresses. `flotilla up` makes them.
     #[arg(long, value_name = "DIR")]
@@ -411,6 +417,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .await
         }
     });
+    if args.compaction_interval > 0 {
+        let interval = Duration::from_secs(args.compaction_interval);
+        let node = node.clone();
+        tasks.spawn("compactor", move |shutdown| async move {
+            flotilla_apiserver::compactor::run(
+                node,
+                interval,
+                async move { shutdown.wait().await },
+            )
+            .await;
+            Ok::<_, std::io::Error>(())
+        });
+    }
     tasks.spawn("initial-namespaces", {
         let api = api.clone();
         move |shutdown| async move {

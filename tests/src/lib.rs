@@ -332,3 +332,22 @@ pub fn python() -> PathBuf {
     );
     python
 }
+
+/// A kube-rs client for each master of `cluster` (contexts m1, m2, m3 of its admin
+/// kubeconfig), in that order.
+pub async fn kube_clients(cluster: &LocalCluster) -> Vec<kube::Client> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let kc = Kubeconfig::read_from(cluster.dir().join("admin.kubeconfig")).unwrap();
+    let mut out = Vec::new();
+    for m in ["m1", "m2", "m3"] {
+        let opts = KubeConfigOptions {
+            context: Some(m.into()),
+            ..Default::default()
+        };
+        let cfg = kube::Config::from_custom_kubeconfig(kc.clone(), &opts)
+            .await
+            .unwrap();
+        out.push(kube::Client::try_from(cfg).unwrap());
+    }
+    out
+}

@@ -9,25 +9,8 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use flotilla_e2e::{pid_alive, wait_for, LocalCluster};
-
-async fn clients(cluster: &LocalCluster) -> Vec<kube::Client> {
-    let kc = Kubeconfig::read_from(cluster.dir().join("admin.kubeconfig")).unwrap();
-    let mut out = Vec::new();
-    for m in ["m1", "m2", "m3"] {
-        let opts = KubeConfigOptions {
-            context: Some(m.into()),
-            ..Default::default()
-        };
-        let cfg = kube::Config::from_custom_kubeconfig(kc.clone(), &opts)
-            .await
-            .unwrap();
-        out.push(kube::Client::try_from(cfg).unwrap());
-    }
-    out
-}
+use flotilla_e2e::{kube_clients, kubectl_ok, pid_alive, wait_for, LocalCluster};
 
 fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"k": name}}))
@@ -52,7 +35,7 @@ fn lists_and_watches_stay_consistent_across_masters_and_a_master_kill() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let c = clients(&cluster).await;
+        let c = kube_clients(&cluster).await;
         let api = |m: usize| -> Api<ConfigMap> { Api::namespaced(c[m].clone(), "default") };
 
         // Read your writes through any master: a create acknowledged by one master is in the
@@ -176,12 +159,27 @@ fn lists_and_watches_stay_consistent_across_masters_and_a_master_kill() {
             "events out of order: {seen:?}"
         );
 
-        // Every acknowledged object is on the surviving masters.
+        // Every acknowledged object is on the surviving masters — those acknowledged by the
+        // killed m1 too (every third ryw-*) — for kube-rs and for kubectl of either version.
+        acknowledged.extend((0..30).map(|i| format!("ryw-{i}")));
         for m in [1, 2] {
             let list = api(m).list(&ListParams::default()).await.unwrap();
             let have = names(&list.items);
             for name in &acknowledged {
                 assert!(have.contains(name), "m{} lacks {name}", m + 1);
+            }
+        }
+        for (version, context) in [("1.27", "m2"), ("1.33", "m3")] {
+            let out = kubectl_ok(
+                &cluster,
+                version,
+                &["--context", context, "get", "configmaps", "-o", "name"],
+            );
+            for name in &acknowledged {
+                assert!(
+                    out.lines().any(|l| l == format!("configmap/{name}")),
+                    "kubectl {version} through {context} lacks {name}: {out}"
+                );
             }
         }
 

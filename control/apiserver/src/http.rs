@@ -165,6 +165,10 @@ struct Query {
     limit: u64,
     continue_token: Option<String>,
     bookmarks: bool,
+    /// `resourceVersionMatch=Exact`: a list at exactly `resourceVersion`, not a newer one.
+    exact: bool,
+    /// Whether `resourceVersionMatch` was given at all.
+    version_match: bool,
 }
 
 fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
@@ -189,6 +193,16 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
             "dryRun" => out.dry_run = v == "All",
             "fieldManager" => out.field_manager = Some(v.to_string()),
             "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
+            "resourceVersionMatch" => match v.as_ref() {
+                "Exact" => (out.exact, out.version_match) = (true, true),
+                "NotOlderThan" => out.version_match = true,
+                "" => {}
+                other => {
+                    return Err(list_options_invalid(format!(
+                    "Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                )))
+                }
+            },
             "fieldValidation" => match v.as_ref() {
                 "Strict" => out.strict = true,
                 "Warn" | "Ignore" | "" => {}
@@ -201,7 +215,41 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
             _ => {}
         }
     }
+    // Kubernetes' ListOptions validation.
+    if out.version_match {
+        if out.watch {
+            return Err(list_options_invalid(
+                "Forbidden: resourceVersionMatch is forbidden for watch".into(),
+            ));
+        }
+        if out.resource_version.is_empty() {
+            return Err(list_options_invalid(
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                    .into(),
+            ));
+        }
+        if out.exact && out.resource_version == "0" {
+            return Err(list_options_invalid(
+                "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+                    .into(),
+            ));
+        }
+        if out.continue_token.is_some() {
+            return Err(list_options_invalid(
+                "Forbidden: resourceVersionMatch is forbidden when continue is provided".into(),
+            ));
+        }
+    }
     Ok(out)
+}
+
+/// A 422 about the request's `resourceVersionMatch`, as Kubernetes words it.
+fn list_options_invalid(message: String) -> ApiError {
+    ApiError::Invalid {
+        kind: "ListOptions.meta.k8s.io".into(),
+        name: String::new(),
+        causes: vec![("resourceVersionMatch".into(), message)],
+    }
 }
 
 /// What a path names.
@@ -578,8 +626,18 @@ async fn serve<B: Backend>(
             watch(&api, res, ns.as_deref(), &query, table).await
         }
         (Method::GET, Target::Collection(res, ns)) => {
-            if let Some(r) = cached_list(&api, res, ns.as_deref(), &query, table).await? {
-                return Ok(r);
+            // A list at exactly one revision is the store's to serve (the cache only holds
+            // the present); one compacted away is 410 Expired.
+            let at = if query.exact {
+                crate::registry::parse_resource_version(&query.resource_version)
+                    .map_err(ApiError::BadRequest)?
+            } else {
+                0
+            };
+            if at == 0 {
+                if let Some(r) = cached_list(&api, res, ns.as_deref(), &query, table).await? {
+                    return Ok(r);
+                }
             }
             // The store serves pages, all at the first page's revision; without a limit the
             // first page is everything.
@@ -590,6 +648,7 @@ async fn serve<B: Backend>(
                     ns.as_deref(),
                     query.limit,
                     query.continue_token.as_deref(),
+                    at,
                 )
                 .await?;
             let items: Vec<Value> = items.into_iter().filter(|o| selected(&query, o)).collect();
@@ -1826,6 +1885,15 @@ async fn cached_list<B: Backend>(
     ))
 }
 
+/// A watch's ERROR event carrying `e` as a Status.
+fn error_event(e: &ApiError) -> Bytes {
+    let status = serde_json::to_value(e.to_status()).unwrap_or_default();
+    let mut line =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
 fn watch_response(rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     (
@@ -1852,6 +1920,19 @@ async fn watch<B: Backend>(
 ) -> Result<Response, ApiError> {
     let from = crate::registry::parse_resource_version(&q.resource_version)
         .map_err(ApiError::BadRequest)?;
+    // History before the store's compaction is gone on every master, whatever a watch
+    // cache still holds: such a watch is 410 Expired, and the client relists.
+    // As in Kubernetes, that is the watch's one event (an ERROR), not the response's status.
+    let compacted = api.storage.compacted_revision();
+    if from > 0 && from < compacted {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let gone = ApiError::Gone {
+            requested: from,
+            compacted,
+        };
+        let _ = tx.try_send(Ok(error_event(&gone)));
+        return Ok(watch_response(rx));
+    }
     let min = min_revision(api, q).await?;
     let sub = match api.caches.fresh(res, min).await {
         Some(cache) => cache.subscribe(ns, (from > 0).then_some(from)),
@@ -2008,11 +2089,7 @@ async fn watch_store<B: Backend>(
                 Change::Object(kind, obj, _) if selected(&filter, &obj) => encode(kind, &obj),
                 Change::Object(..) | Change::Progress(_) => continue,
                 Change::Expired(e) => {
-                    let status = serde_json::to_value(e.to_status()).unwrap_or_default();
-                    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status}))
-                        .unwrap_or_default();
-                    line.push(b'\n');
-                    let _ = tx.send(Ok(Bytes::from(line))).await;
+                    let _ = tx.send(Ok(error_event(&e))).await;
                     return;
                 }
             };

@@ -10,6 +10,7 @@
 pub mod allocate;
 pub mod bootstrap;
 pub mod cache;
+pub mod compactor;
 pub mod defaults;
 pub mod discovery;
 mod fuzz;

@@ -92,6 +92,15 @@ pub enum ApiError {
     /// 503: something the request needs (a node's agent) cannot be reached.
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// 504: a read at a revision the store has not reached (Kubernetes answers a
+    /// `ResourceVersionTooLarge` this way, and clients retry it).
+    #[error("Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's revision.
+        current: u64,
+    },
 }
 
 impl ApiError {
@@ -117,6 +126,7 @@ impl ApiError {
             ApiError::ServiceUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
+            ApiError::TooLargeResourceVersion { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
         }
     }
 
@@ -144,6 +154,15 @@ impl ApiError {
                         })
                         .collect(),
                 ),
+                ..Default::default()
+            }),
+            ApiError::TooLargeResourceVersion { .. } => Some(StatusDetails {
+                causes: Some(vec![StatusCause {
+                    reason: Some("ResourceVersionTooLarge".into()),
+                    message: Some("Too large resource version".into()),
+                    field: None,
+                }]),
+                retry_after_seconds: Some(1),
                 ..Default::default()
             }),
             _ => None,

@@ -30,6 +30,9 @@ pub trait Backend: KvBackend + Clone {
 
     /// Asks this member's watches that want progress to report it.
     fn request_progress(&self);
+
+    /// The revision this member's history is compacted to (0: never compacted).
+    fn compacted_revision(&self) -> u64;
 }
 
 impl Backend for flotilla_store::raft::node::StoreNode {
@@ -39,6 +42,12 @@ impl Backend for flotilla_store::raft::node::StoreNode {
 
     fn request_progress(&self) {
         self.watch_hub().request_progress();
+    }
+
+    fn compacted_revision(&self) -> u64 {
+        self.mvcc()
+            .revisions()
+            .map_or(0, |(_, compacted)| compacted)
     }
 }
 
@@ -105,6 +114,10 @@ impl Backend for LocalBackend {
 
     fn request_progress(&self) {
         self.hub.request_progress();
+    }
+
+    fn compacted_revision(&self) -> u64 {
+        self.mvcc.revisions().map_or(0, |(_, compacted)| compacted)
     }
 }
 
@@ -238,6 +251,9 @@ fn internal(e: StoreError) -> ApiError {
             requested,
             compacted,
         },
+        StoreError::FutureRevision { requested, current } => {
+            ApiError::TooLargeResourceVersion { requested, current }
+        }
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -440,6 +456,11 @@ impl<B: Backend> Storage<B> {
         Ok(h.revision)
     }
 
+    /// The revision this member's history is compacted to: a watch must start after it.
+    pub fn compacted_revision(&self) -> u64 {
+        self.backend.compacted_revision()
+    }
+
     /// One object.
     pub async fn get(
         &self,
@@ -502,13 +523,15 @@ impl<B: Backend> Storage<B> {
     /// One page of a list: at most `limit` objects, after the position `cont` (a token an
     /// earlier page returned) and at that page's revision, so that pages make one consistent
     /// list. Returns the objects, the revision, the token for the next page (if any) and how
-    /// many objects remain after this page.
+    /// many objects remain after this page. A first page is read at revision `at` (0: the
+    /// current one).
     pub async fn list_page(
         &self,
         res: &Resource,
         ns: Option<&str>,
         limit: u64,
         cont: Option<&str>,
+        at: u64,
     ) -> Result<(Vec<Value>, u64, Option<String>, Option<u64>), ApiError> {
         let scope = match ns.filter(|_| res.namespaced) {
             Some(ns) => Scope::Namespace(ns),
@@ -516,7 +539,7 @@ impl<B: Backend> Storage<B> {
         };
         let full = registry::list_range(res.store_plural(), scope);
         let (range, revision) = match cont {
-            None => (full, 0),
+            None => (full, at),
             Some(token) => {
                 let (rev, after) = decode_continue(token)?;
                 let mut start = after;
@@ -1052,7 +1075,7 @@ mod tests {
                 .unwrap();
         }
         let (page, rev, next, remaining) =
-            s.list_page(res, Some("default"), 2, None).await.unwrap();
+            s.list_page(res, Some("default"), 2, None, 0).await.unwrap();
         assert_eq!(page.len(), 2);
         assert_eq!(remaining, Some(3));
         // A write after the first page does not show in the later pages of this list.
@@ -1066,7 +1089,7 @@ mod tests {
         let mut token = next;
         while let Some(t) = token {
             let (page, r, next, _) = s
-                .list_page(res, Some("default"), 2, Some(&t))
+                .list_page(res, Some("default"), 2, Some(&t), 0)
                 .await
                 .unwrap();
             assert_eq!(r, rev);
@@ -1078,7 +1101,7 @@ mod tests {
         }
         assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
         assert!(s
-            .list_page(res, Some("default"), 2, Some("garbage"))
+            .list_page(res, Some("default"), 2, Some("garbage"), 0)
             .await
             .is_err());
         let _ = std::fs::remove_dir_all(dir);
