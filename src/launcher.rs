@@ -60,6 +60,11 @@ pub struct UpArgs {
           value_parser = clap::value_parser!(u64).range(2..))]
     pub node_monitor_grace_period: u64,
 
+    /// Seconds between compactions of the store's history (see `flotilla server
+    /// --compaction-interval`).
+    #[arg(long, value_name = "SECS", default_value_t = flotilla_apiserver::compactor::DEFAULT_INTERVAL.as_secs())]
+    pub compaction_interval: u64,
+
     /// Seconds to wait for every process to become healthy.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -271,6 +276,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .args([
                     "--node-monitor-grace-period",
                     &args.node_monitor_grace_period.to_string(),
+                ])
+                .args([
+                    "--compaction-interval",
+                    &args.compaction_interval.to_string(),
                 ])
                 .arg("--pki-dir")
                 .arg(&pki_dir),
@@ -553,7 +562,16 @@ fn is_ours(pid: u32, data_dir: &Path) -> bool {
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let dir = data_dir.as_os_str().as_encoded_bytes();
-    args.first().is_some_and(|a| a.ends_with(b"flotilla")) && args.contains(&dir)
+    args.first().is_some_and(|a| is_flotilla_program(a)) && args.contains(&dir)
+}
+
+/// Whether a command line's program is a Flotilla binary: named `flotilla`, or a copy named
+/// `flotilla-<something>` (an A/B benchmark runs two builds side by side). A copy that was not
+/// recognised would be neither stopped by `down` nor seen as running by `up`, which would
+/// start a second process on the same data dir.
+fn is_flotilla_program(arg0: &[u8]) -> bool {
+    let name = arg0.rsplit(|b| *b == b'/').next().unwrap_or(arg0);
+    name == b"flotilla" || name.starts_with(b"flotilla-")
 }
 
 fn signal(pid: u32, sig: &str) -> bool {
@@ -691,4 +709,20 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         stopping.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_flotilla_program;
+
+    #[test]
+    fn renamed_copies_of_the_binary_are_recognised() {
+        assert!(is_flotilla_program(
+            b"/var/tmp/flotilla-target/debug/flotilla"
+        ));
+        assert!(is_flotilla_program(b"flotilla"));
+        assert!(is_flotilla_program(b"/tmp/flotilla-old"));
+        assert!(!is_flotilla_program(b"/usr/bin/etcd"));
+        assert!(!is_flotilla_program(b"/usr/bin/notflotilla"));
+    }
 }
