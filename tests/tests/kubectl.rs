@@ -253,25 +253,59 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
         assert!(out.contains(&ns) && out.starts_with("NAMESPACE"), "{out}");
         let out = k.ok(&["-n", &ns, "get", "deployments"]);
         assert!(out.contains("READY") && out.contains("web"), "{out}");
+        // -o wide adds kubectl's wide columns; -o json is the object itself.
+        let out = k.ok(&["-n", &ns, "get", "deployments", "-o", "wide"]);
+        let head: Vec<&str> = out
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            head,
+            [
+                "NAME",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "AGE",
+                "CONTAINERS",
+                "IMAGES",
+                "SELECTOR"
+            ],
+            "{out}"
+        );
+        let row: Vec<&str> = out
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            (row[0], &row[5..]),
+            ("web", &["web", "nginx", "app=web"][..]),
+            "{out}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&k.ok(&["-n", &ns, "get", "cm", "cfg", "-o", "json"])).unwrap();
+        assert_eq!(json["metadata"]["annotations"]["note"], "hello");
+        assert_eq!(json["metadata"]["labels"]["tier"], "web");
         let out = k.ok(&["describe", "namespace", &ns]);
         assert!(out.contains("Status:") && out.contains("Active"), "{out}");
+        let out = k.ok(&["-n", &ns, "describe", "deployment", "web"]);
+        assert!(
+            out.contains("Selector:") && out.contains("app=web") && out.contains("Replicas:"),
+            "{out}"
+        );
 
-        // get -w sees a change made meanwhile through another master.
+        // get -w (a table, as users run it) sees a create and a change made meanwhile through
+        // other masters.
         let mut watcher = Child(
-            k.command(&[
-                "-n",
-                &ns,
-                "get",
-                "cm",
-                "-w",
-                "-o",
-                "name",
-                "--request-timeout=20s",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            k.command(&["-n", &ns, "get", "cm", "-w", "--request-timeout=20s"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
         );
         let stdout = watcher.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -284,9 +318,16 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
                 let _ = tx.send(line);
             }
         });
+        let first_word = |line: String| line.split_whitespace().next().unwrap_or("").to_string();
+        let header = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-            "configmap/cfg"
+            header.split_whitespace().collect::<Vec<_>>(),
+            ["NAME", "DATA", "AGE"],
+            "{header}"
+        );
+        assert_eq!(
+            first_word(rx.recv_timeout(Duration::from_secs(10)).unwrap()),
+            "cfg"
         );
         let second = write(
             cluster.dir(),
@@ -304,9 +345,24 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             "--validate=false",
         ]);
         assert_eq!(
-            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-            "configmap/second",
+            first_word(rx.recv_timeout(Duration::from_secs(10)).unwrap()),
+            "second",
             "the watch did not see a create made on another master"
+        );
+        k.ok(&[
+            "--context",
+            "m3",
+            "-n",
+            &ns,
+            "label",
+            "cm",
+            "second",
+            "seen=yes",
+        ]);
+        assert_eq!(
+            first_word(rx.recv_timeout(Duration::from_secs(10)).unwrap()),
+            "second",
+            "the watch did not see a change made on another master"
         );
         drop(watcher);
 

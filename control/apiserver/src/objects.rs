@@ -179,9 +179,65 @@ pub fn prepare_create(res: &Resource, ns: Option<&str>, mut obj: Value) -> Resul
     if res.kind == "Secret" && obj.get("type").is_none() {
         obj["type"] = json!("Opaque");
     }
+    if res.kind == "Job" {
+        job_selector(&mut obj);
+    }
     crate::defaults::apply(res.kind, &mut obj);
     crate::specs::check(res, &obj, None)?;
     Ok(obj)
+}
+
+/// What Kubernetes gives a new Job unless it sets `spec.manualSelector`: template labels with
+/// its name and uid (new and legacy keys), and a selector on the uid, so that its pods are
+/// found by `-l job-name=NAME` and match no other Job.
+fn job_selector(obj: &mut Value) {
+    let (Some(name), Some(uid)) = (
+        obj.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(String::from),
+        obj.pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(String::from),
+    ) else {
+        return;
+    };
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if spec.get("manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let template = spec.entry("template").or_insert_with(|| json!({}));
+    if !template.get("metadata").is_some_and(Value::is_object) {
+        template["metadata"] = json!({});
+    }
+    if !template["metadata"]
+        .get("labels")
+        .is_some_and(Value::is_object)
+    {
+        template["metadata"]["labels"] = json!({});
+    }
+    if let Some(labels) = template["metadata"]["labels"].as_object_mut() {
+        for (key, value) in [
+            ("batch.kubernetes.io/job-name", &name),
+            ("job-name", &name),
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("controller-uid", &uid),
+        ] {
+            labels.entry(key).or_insert_with(|| json!(value));
+        }
+    }
+    let selector = spec.entry("selector").or_insert_with(|| json!({}));
+    if !selector.is_object() {
+        *selector = json!({});
+    }
+    if !selector.get("matchLabels").is_some_and(Value::is_object) {
+        selector["matchLabels"] = json!({});
+    }
+    if let Some(m) = selector["matchLabels"].as_object_mut() {
+        m.entry("batch.kubernetes.io/controller-uid")
+            .or_insert_with(|| json!(uid));
+    }
 }
 
 /// Prepares a replacement of `current` (what is stored) by `obj`: same name, immutable
@@ -370,6 +426,33 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
 mod tests {
     use super::*;
     use crate::resources;
+
+    #[test]
+    fn jobs_get_kubernetes_generated_selector_unless_manual() {
+        let jobs = resources::find("batch", "v1", "jobs").unwrap();
+        let body = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi"},
+            "spec": {"template": {"spec": {"containers": [{"name": "pi", "image": "perl"}],
+                                           "restartPolicy": "Never"}}}});
+        let o = prepare_create(jobs, Some("default"), body.clone()).unwrap();
+        let uid = o["metadata"]["uid"].as_str().unwrap();
+        assert_eq!(
+            o["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+        );
+        let labels = &o["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["job-name"], "pi");
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["controller-uid"], uid);
+        let mut manual = body;
+        manual["spec"]["manualSelector"] = json!(true);
+        manual["spec"]["selector"] = json!({"matchLabels": {"app": "pi"}});
+        manual["spec"]["template"]["metadata"] = json!({"labels": {"app": "pi"}});
+        let o = prepare_create(jobs, Some("default"), manual).unwrap();
+        assert_eq!(o["spec"]["selector"], json!({"matchLabels": {"app": "pi"}}));
+        assert!(o["spec"]["template"]["metadata"]["labels"]
+            .get("job-name")
+            .is_none());
+    }
 
     #[test]
     fn create_sets_server_fields_and_checks_the_body() {

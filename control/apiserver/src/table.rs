@@ -38,6 +38,8 @@ fn columns(kind: &str) -> Vec<Column> {
             age,
             wide("IP", "string"),
             wide("Node", "string"),
+            wide("Nominated Node", "string"),
+            wide("Readiness Gates", "string"),
         ],
         "Namespace" => vec![name, col("Status", "string"), age],
         "ConfigMap" => vec![name, col("Data", "integer"), age],
@@ -48,8 +50,17 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Up-to-date", "integer"),
             col("Available", "integer"),
             age,
+            wide("Containers", "string"),
+            wide("Images", "string"),
+            wide("Selector", "string"),
         ],
-        "StatefulSet" => vec![name, col("Ready", "string"), age],
+        "StatefulSet" => vec![
+            name,
+            col("Ready", "string"),
+            age,
+            wide("Containers", "string"),
+            wide("Images", "string"),
+        ],
         "HorizontalPodAutoscaler" => vec![
             name,
             col("Reference", "string"),
@@ -75,6 +86,9 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Available", "integer"),
             col("Node Selector", "string"),
             age,
+            wide("Containers", "string"),
+            wide("Images", "string"),
+            wide("Selector", "string"),
         ],
         "CronJob" => vec![
             name,
@@ -84,6 +98,9 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Active", "integer"),
             col("Last Schedule", "string"),
             age,
+            wide("Containers", "string"),
+            wide("Images", "string"),
+            wide("Selector", "string"),
         ],
         "ControllerRevision" => vec![
             name,
@@ -97,6 +114,9 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Current", "integer"),
             col("Ready", "integer"),
             age,
+            wide("Containers", "string"),
+            wide("Images", "string"),
+            wide("Selector", "string"),
         ],
         "Service" => vec![
             name,
@@ -105,6 +125,7 @@ fn columns(kind: &str) -> Vec<Column> {
             col("External-IP", "string"),
             col("Port(s)", "string"),
             age,
+            wide("Selector", "string"),
         ],
         "Node" => vec![
             name,
@@ -112,8 +133,30 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Roles", "string"),
             age,
             col("Version", "string"),
+            wide("Internal-IP", "string"),
+            wide("External-IP", "string"),
+            wide("OS-Image", "string"),
+            wide("Kernel-Version", "string"),
+            wide("Container-Runtime", "string"),
         ],
         "Endpoints" => vec![name, col("Endpoints", "string"), age],
+        "EndpointSlice" => vec![
+            name,
+            col("AddressType", "string"),
+            col("Ports", "string"),
+            col("Endpoints", "string"),
+            age,
+        ],
+        "ServiceAccount" => vec![name, col("Secrets", "string"), age],
+        "Role" | "ClusterRole" => vec![name, col("Created At", "date")],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            col("Role", "string"),
+            age,
+            wide("Users", "string"),
+            wide("Groups", "string"),
+            wide("ServiceAccounts", "string"),
+        ],
         "Lease" => vec![name, col("Holder", "string"), age],
         "ResourceQuota" => vec![name, age, col("Request", "string"), col("Limit", "string")],
         "LimitRange" => vec![name, col("Created At", "date")],
@@ -121,14 +164,23 @@ fn columns(kind: &str) -> Vec<Column> {
             name,
             col("Status", "string"),
             col("Completions", "string"),
+            col("Duration", "string"),
             age,
+            wide("Containers", "string"),
+            wide("Images", "string"),
+            wide("Selector", "string"),
         ],
         "Event" => vec![
             col("Last Seen", "string"),
             col("Type", "string"),
             col("Reason", "string"),
             col("Object", "string"),
+            wide("Subobject", "string"),
+            wide("Source", "string"),
             col("Message", "string"),
+            wide("First Seen", "string"),
+            wide("Count", "string"),
+            wide("Name", "string"),
         ],
         _ => vec![name, age],
     }
@@ -194,6 +246,28 @@ fn job_status(o: &Value) -> &'static str {
     }
 }
 
+/// A Job's COMPLETIONS: `succeeded/completions`, or for a work queue (no completions)
+/// `succeeded/1`, `of parallelism` when several pods run at once.
+fn job_completions(o: &Value) -> String {
+    let succeeded = n(o, "/status/succeeded");
+    match o.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match o.pointer("/spec/parallelism").and_then(Value::as_i64) {
+            Some(p) if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    }
+}
+
+/// A Job's DURATION: from its start to its completion, or to now while it runs.
+fn job_duration(o: &Value, now: jiff::Timestamp) -> String {
+    let Some(start) = time_at(o, "/status/startTime") else {
+        return String::new();
+    };
+    let end = time_at(o, "/status/completionTime").unwrap_or(now);
+    human_age(end.as_second() - start.as_second())
+}
+
 fn s(v: &Value, p: &str) -> String {
     match v.pointer(p) {
         Some(Value::String(x)) => x.clone(),
@@ -214,26 +288,237 @@ fn or_none(x: String) -> String {
     }
 }
 
-/// Kubernetes' short age format: `45s`, `12m`, `5h`, `3d`, `2y`.
+/// How kubectl shows an age or a duration (apimachinery's `HumanDuration`): `45s`, `3m20s`,
+/// `12m`, `5h10m`, `20h`, `3d4h`, `30d`, `2y10d`; finer units while the number is small.
 pub fn human_age(secs: i64) -> String {
     let secs = secs.max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 3600 * 2 => format!("{}m", s / 60),
-        s if s < 86_400 * 2 => format!("{}h", s / 3600),
-        s if s < 86_400 * 365 * 2 => format!("{}d", s / 86_400),
-        s => format!("{}y", s / (86_400 * 365)),
+    if secs < 120 {
+        return format!("{secs}s");
+    }
+    let minutes = secs / 60;
+    if minutes < 10 {
+        return match secs % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 60 * 3 {
+        return format!("{minutes}m");
+    }
+    let hours = secs / 3600;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        return match (hours / 24) % 365 {
+            0 => format!("{}y", hours / 24 / 365),
+            d => format!("{}y{d}d", hours / 24 / 365),
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// The time at `pointer` in `obj`, if it is a valid timestamp.
+fn time_at(obj: &Value, pointer: &str) -> Option<jiff::Timestamp> {
+    obj.pointer(pointer)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+}
+
+/// How long ago the time at `pointer` was, as kubectl shows it (`<unknown>` without one).
+fn since(obj: &Value, pointer: &str, now: jiff::Timestamp) -> String {
+    time_at(obj, pointer).map_or_else(
+        || "<unknown>".into(),
+        |t| human_age(now.as_second() - t.as_second()),
+    )
+}
+
+/// A label selector as Kubernetes prints one: requirements sorted by key, `k=v`, `k!=v`,
+/// `k in (a,b)`, `k notin (a,b)`, `k`, `!k`; `<none>` when empty.
+fn format_selector(selector: Option<&Value>) -> String {
+    let Some(sel) = selector else {
+        return "<none>".into();
+    };
+    let mut reqs: Vec<(String, String)> = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())))
+        .collect();
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e["key"].as_str().unwrap_or_default();
+        let mut values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        values.sort_unstable();
+        let text = match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other}"),
+        };
+        reqs.push((key.to_string(), text));
+    }
+    reqs.sort();
+    or_none(
+        reqs.into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// A map of labels as `k=v,…` in key order (a Service's selector); `<none>` when empty.
+fn format_labels(labels: Option<&Value>) -> String {
+    let mut pairs: Vec<String> = labels
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    pairs.sort();
+    or_none(pairs.join(","))
+}
+
+/// The CONTAINERS and IMAGES cells of a workload whose pod spec is at `spec`.
+fn containers_and_images(o: &Value, spec: &str) -> [Value; 2] {
+    let containers: Vec<&Value> = o
+        .pointer(&format!("{spec}/containers"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let field = |f: &str| {
+        containers
+            .iter()
+            .map(|c| c[f].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    [json!(field("name")), json!(field("image"))]
+}
+
+/// At most three items and how many more there are, as kubectl lists endpoints.
+fn first_three(items: &[String]) -> String {
+    match items.len() {
+        0 => "<none>".into(),
+        n if n <= 3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
+    }
+}
+
+/// A pod's STATUS as kubectl shows it: its phase, unless a reason says more — the pod's own
+/// (`Evicted`), an init container still at work (`Init:0/1`, `Init:CrashLoopBackOff`), a
+/// container waiting or terminated (`ContainerCreating`, `Completed`, `Error`,
+/// `ExitCode:2`), or the pod being deleted (`Terminating`).
+fn pod_status(o: &Value) -> String {
+    let mut reason = s(o, "/status/phase");
+    let pod_reason = s(o, "/status/reason");
+    if !pod_reason.is_empty() {
+        reason = pod_reason.clone();
+    }
+    let statuses = |p: &str| -> Vec<Value> {
+        o.pointer(p)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let terminated_reason = |t: &Value, prefix: &str| -> String {
+        match t["reason"].as_str().filter(|r| !r.is_empty()) {
+            Some(r) => format!("{prefix}{r}"),
+            None => match t["signal"].as_i64().filter(|s| *s != 0) {
+                Some(sig) => format!("{prefix}Signal:{sig}"),
+                None => format!("{prefix}ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
+            },
+        }
+    };
+    let inits = statuses("/status/initContainerStatuses");
+    let init_total = o
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let state = &c["state"];
+        if let Some(t) = state.get("terminated") {
+            if t["exitCode"].as_i64() == Some(0) {
+                continue;
+            }
+            reason = terminated_reason(t, "Init:");
+        } else if let Some(r) = state
+            .pointer("/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty() && *r != "PodInitializing")
+        {
+            reason = format!("Init:{r}");
+        } else {
+            reason = format!("Init:{i}/{init_total}");
+        }
+        initializing = true;
+        break;
+    }
+    if !initializing {
+        let mut running = false;
+        for c in statuses("/status/containerStatuses").iter().rev() {
+            let state = &c["state"];
+            if let Some(r) = state
+                .pointer("/waiting/reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
+            {
+                reason = r.to_string();
+            } else if let Some(t) = state.get("terminated") {
+                reason = terminated_reason(t, "");
+            } else if state.get("running").is_some() && c["ready"].as_bool() == Some(true) {
+                running = true;
+            }
+        }
+        // A pod whose other containers still run is Running, not Completed.
+        if reason == "Completed" && running {
+            reason = "Running".into();
+        }
+    }
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        reason = if pod_reason == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    if reason.is_empty() {
+        "Pending".into()
+    } else {
+        reason
     }
 }
 
 fn age(obj: &Value, now: jiff::Timestamp) -> String {
-    obj.pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        .map_or_else(
-            || "<unknown>".into(),
-            |t| human_age(now.as_second() - t.as_second()),
-        )
+    since(obj, "/metadata/creationTimestamp", now)
 }
 
 fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
@@ -258,27 +543,49 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .iter()
                 .map(|c| c["restartCount"].as_i64().unwrap_or(0))
                 .sum();
-            let mut status = s(o, "/status/phase");
-            if let Some(reason) = statuses
+            // `3 (2m ago)`: with the latest restart, as kubectl shows it.
+            let last_restart = statuses
                 .iter()
-                .find_map(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str))
-            {
-                status = reason.to_string();
-            }
-            if o.pointer("/metadata/deletionTimestamp").is_some() {
-                status = "Terminating".into();
-            }
-            if status.is_empty() {
-                status = "Pending".into();
-            }
+                .filter_map(|c| time_at(c, "/lastState/terminated/finishedAt"))
+                .max();
+            let restarts = match last_restart {
+                Some(t) if restarts > 0 => format!(
+                    "{restarts} ({} ago)",
+                    human_age(now.as_second() - t.as_second())
+                ),
+                _ => restarts.to_string(),
+            };
+            let gates: Vec<&str> = o
+                .pointer("/spec/readinessGates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g["conditionType"].as_str())
+                .collect();
+            let gates_met = gates
+                .iter()
+                .filter(|g| {
+                    o.pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c["type"] == **g && c["status"] == "True")
+                        })
+                })
+                .count();
             vec![
                 name,
                 json!(format!("{ready}/{total}")),
-                json!(status),
-                json!(restarts.to_string()),
+                json!(pod_status(o)),
+                json!(restarts),
                 age,
                 json!(or_none(s(o, "/status/podIP"))),
                 json!(or_none(s(o, "/spec/nodeName"))),
+                json!(or_none(s(o, "/status/nominatedNodeName"))),
+                json!(if gates.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    format!("{gates_met}/{}", gates.len())
+                }),
             ]
         }
         "Namespace" => {
@@ -320,7 +627,11 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(n(o, "/status/updatedReplicas")),
             json!(n(o, "/status/availableReplicas")),
             age,
-        ],
+        ]
+        .into_iter()
+        .chain(containers_and_images(o, "/spec/template/spec"))
+        .chain([json!(format_selector(o.pointer("/spec/selector")))])
+        .collect(),
         "PriorityClass" => vec![
             name,
             json!(n(o, "/value")),
@@ -358,7 +669,10 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                     .unwrap_or(1)
             )),
             age,
-        ],
+        ]
+        .into_iter()
+        .chain(containers_and_images(o, "/spec/template/spec"))
+        .collect(),
         "DaemonSet" => {
             let selector: Vec<String> = o
                 .pointer("/spec/template/spec/nodeSelector")
@@ -377,6 +691,10 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(or_none(selector.join(","))),
                 age,
             ]
+            .into_iter()
+            .chain(containers_and_images(o, "/spec/template/spec"))
+            .chain([json!(format_selector(o.pointer("/spec/selector")))])
+            .collect()
         }
         "CronJob" => {
             let last = o
@@ -399,6 +717,15 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(last),
                 age,
             ]
+            .into_iter()
+            .chain(containers_and_images(
+                o,
+                "/spec/jobTemplate/spec/template/spec",
+            ))
+            .chain([json!(format_selector(
+                o.pointer("/spec/jobTemplate/spec/selector")
+            ))])
+            .collect()
         }
         "ControllerRevision" => {
             let owner = o
@@ -430,7 +757,11 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(n(o, "/status/replicas")),
             json!(n(o, "/status/readyReplicas")),
             age,
-        ],
+        ]
+        .into_iter()
+        .chain(containers_and_images(o, "/spec/template/spec"))
+        .chain([json!(format_selector(o.pointer("/spec/selector")))])
+        .collect(),
         "Service" => {
             let ports = o
                 .pointer("/spec/ports")
@@ -449,17 +780,48 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 })
                 .unwrap_or_default();
             let ty = s(o, "/spec/type");
+            let ty = if ty.is_empty() {
+                "ClusterIP".into()
+            } else {
+                ty
+            };
+            let list = |p: &str| -> Vec<String> {
+                o.pointer(p)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            };
+            let mut external = list("/spec/externalIPs");
+            let external = match ty.as_str() {
+                "ExternalName" => s(o, "/spec/externalName"),
+                "LoadBalancer" => {
+                    let ingress = o
+                        .pointer("/status/loadBalancer/ingress")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                        .map(String::from);
+                    let mut all: Vec<String> = ingress.collect();
+                    all.append(&mut external);
+                    if all.is_empty() {
+                        "<pending>".into()
+                    } else {
+                        all.join(",")
+                    }
+                }
+                _ => or_none(external.join(",")),
+            };
             vec![
                 name,
-                json!(if ty.is_empty() {
-                    "ClusterIP".into()
-                } else {
-                    ty
-                }),
+                json!(ty),
                 json!(or_none(s(o, "/spec/clusterIP"))),
-                json!("<none>"),
+                json!(external),
                 json!(or_none(ports)),
                 age,
+                json!(format_labels(o.pointer("/spec/selector"))),
             ]
         }
         "Node" => {
@@ -487,12 +849,25 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
                 .filter(|r| !r.is_empty())
                 .collect();
+            let address = |ty: &str| {
+                o.pointer("/status/addresses")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().find(|a| a["type"] == ty))
+                    .and_then(|a| a["address"].as_str())
+                    .map_or_else(|| "<none>".to_string(), String::from)
+            };
+            let info = |f: &str| or_none(s(o, &format!("/status/nodeInfo/{f}")));
             vec![
                 name,
                 json!(status),
                 json!(or_none(roles.join(","))),
                 age,
                 json!(s(o, "/status/nodeInfo/kubeletVersion")),
+                json!(address("InternalIP")),
+                json!(address("ExternalIP")),
+                json!(info("osImage")),
+                json!(info("kernelVersion")),
+                json!(info("containerRuntimeVersion")),
             ]
         }
         "Endpoints" => {
@@ -519,7 +894,84 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            vec![name, json!(or_none(eps.join(","))), age]
+            vec![name, json!(first_three(&eps)), age]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o
+                .pointer("/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    p["port"]
+                        .as_i64()
+                        .map_or_else(|| "<unset>".to_string(), |n| n.to_string())
+                })
+                .collect();
+            let addresses: Vec<String> = o
+                .pointer("/endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            let unset = |x: String| if x == "<none>" { "<unset>".into() } else { x };
+            vec![
+                name,
+                json!(s(o, "/addressType")),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(unset(first_three(&addresses))),
+                age,
+            ]
+        }
+        "ServiceAccount" => {
+            let secrets = o
+                .pointer("/secrets")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            vec![name, json!(secrets.to_string()), age]
+        }
+        "Role" | "ClusterRole" => vec![name, json!(s(o, "/metadata/creationTimestamp"))],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects: Vec<&Value> = o
+                .pointer("/subjects")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .collect();
+            let of_kind = |kind: &str| -> String {
+                subjects
+                    .iter()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| {
+                        let name = x["name"].as_str().unwrap_or_default();
+                        match kind {
+                            "ServiceAccount" => {
+                                format!("{}/{name}", x["namespace"].as_str().unwrap_or_default())
+                            }
+                            _ => name.to_string(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind"),
+                    s(o, "/roleRef/name")
+                )),
+                age,
+                json!(of_kind("User")),
+                json!(of_kind("Group")),
+                json!(of_kind("ServiceAccount")),
+            ]
         }
         "Lease" => vec![name, json!(or_none(s(o, "/spec/holderIdentity"))), age],
         "ResourceQuota" => {
@@ -551,26 +1003,59 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         "Job" => vec![
             name,
             json!(job_status(o)),
-            json!(format!(
-                "{}/{}",
-                n(o, "/status/succeeded"),
-                o.pointer("/spec/completions")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1)
-            )),
+            json!(job_completions(o)),
+            json!(job_duration(o, now)),
             age,
-        ],
-        "Event" => vec![
-            json!(age),
-            json!(s(o, "/type")),
-            json!(s(o, "/reason")),
-            json!(format!(
-                "{}/{}",
-                s(o, "/involvedObject/kind").to_lowercase(),
-                s(o, "/involvedObject/name")
-            )),
-            json!(s(o, "/message")),
-        ],
+        ]
+        .into_iter()
+        .chain(containers_and_images(o, "/spec/template/spec"))
+        .chain([json!(format_selector(o.pointer("/spec/selector")))])
+        .collect(),
+        "Event" => {
+            // As kubectl: the last time it was seen (the series' if any), else the first.
+            let first = [
+                "/firstTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find(|p| time_at(o, p).is_some())
+            .map_or_else(|| "<unknown>".to_string(), |p| since(o, p, now));
+            let last = ["/series/lastObservedTime", "/lastTimestamp"]
+                .iter()
+                .find(|p| time_at(o, p).is_some())
+                .map_or_else(|| first.clone(), |p| since(o, p, now));
+            let count = o
+                .pointer("/series/count")
+                .or_else(|| o.pointer("/count"))
+                .and_then(Value::as_i64)
+                .filter(|c| *c > 0)
+                .unwrap_or(1);
+            let kind = s(o, "/involvedObject/kind").to_lowercase();
+            let target = match s(o, "/involvedObject/name") {
+                n if n.is_empty() => kind,
+                n => format!("{kind}/{n}"),
+            };
+            let source = match (s(o, "/source/component"), s(o, "/reportingComponent")) {
+                (c, _) if !c.is_empty() => match s(o, "/source/host") {
+                    h if h.is_empty() => c,
+                    h => format!("{c}, {h}"),
+                },
+                (_, r) => r,
+            };
+            vec![
+                json!(last),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(target),
+                json!(s(o, "/involvedObject/fieldPath")),
+                json!(source),
+                json!(s(o, "/message").trim()),
+                json!(first),
+                json!(count.to_string()),
+                name,
+            ]
+        }
         _ => vec![name, age],
     }
 }
@@ -637,7 +1122,17 @@ mod tests {
             .collect();
         assert_eq!(
             heads,
-            ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]
+            [
+                "Name",
+                "Ready",
+                "Status",
+                "Restarts",
+                "Age",
+                "IP",
+                "Node",
+                "Nominated Node",
+                "Readiness Gates"
+            ]
         );
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         let cells = &t["rows"][0]["cells"];
@@ -652,8 +1147,141 @@ mod tests {
     #[test]
     fn ages_read_like_kubectls() {
         assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(119), "119s");
+        assert_eq!(human_age(150), "2m30s");
+        assert_eq!(human_age(180), "3m");
         assert_eq!(human_age(600), "10m");
         assert_eq!(human_age(3 * 3600), "3h");
+        assert_eq!(human_age(3 * 3600 + 20 * 60), "3h20m");
+        assert_eq!(human_age(30 * 3600), "30h");
+        assert_eq!(human_age(50 * 3600), "2d2h");
         assert_eq!(human_age(5 * 86_400), "5d");
+        assert_eq!(human_age(40 * 86_400), "40d");
+        assert_eq!(human_age(800 * 86_400), "2y70d");
+    }
+
+    fn cells_of(kind: &str, o: Value) -> Vec<Value> {
+        let t = table(kind, &[o], None);
+        assert_eq!(
+            t["columnDefinitions"].as_array().unwrap().len(),
+            t["rows"][0]["cells"].as_array().unwrap().len(),
+            "{kind}: a cell per column"
+        );
+        t["rows"][0]["cells"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn workloads_show_containers_images_and_selectors_when_wide() {
+        let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}, "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["b", "a"]},
+                {"key": "canary", "operator": "DoesNotExist"}]},
+            "template": {"spec": {"containers": [
+                {"name": "nginx", "image": "nginx:1.25"}, {"name": "log", "image": "busybox"}]}}},
+            "status": {"readyReplicas": 1, "updatedReplicas": 2, "availableReplicas": 1}});
+        let c = cells_of("Deployment", d.clone());
+        assert_eq!(c[1], "1/2");
+        assert_eq!(c[5], "nginx,log");
+        assert_eq!(c[6], "nginx:1.25,busybox");
+        assert_eq!(c[7], "app=web,!canary,tier in (a,b)");
+        let rs = cells_of("ReplicaSet", d);
+        assert_eq!(rs[7], "app=web,!canary,tier in (a,b)");
+        let svc = cells_of(
+            "Service",
+            json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer",
+                "clusterIP": "10.96.0.9", "selector": {"b": "2", "a": "1"},
+                "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]}}),
+        );
+        assert_eq!(svc[3], "<pending>");
+        assert_eq!(svc[4], "80:30080/TCP");
+        assert_eq!(svc[6], "a=1,b=2");
+    }
+
+    #[test]
+    fn pod_statuses_say_what_kubectl_says() {
+        let pod = |status: Value| {
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}],
+                   "initContainers": [{"name": "i"}]}, "status": status})
+        };
+        let status = |p: Value| cells_of("Pod", p)[2].as_str().unwrap().to_string();
+        assert_eq!(status(pod(json!({"phase": "Pending"}))), "Pending");
+        assert_eq!(
+            status(pod(json!({"phase": "Pending", "initContainerStatuses": [
+                {"state": {"waiting": {"reason": "PodInitializing"}}}]}))),
+            "Init:0/1"
+        );
+        assert_eq!(
+            status(pod(json!({"phase": "Pending", "initContainerStatuses": [
+                {"state": {"terminated": {"exitCode": 0}}}], "containerStatuses": [
+                {"state": {"waiting": {"reason": "ContainerCreating"}}}]}))),
+            "ContainerCreating"
+        );
+        assert_eq!(
+            status(pod(json!({"phase": "Failed", "containerStatuses": [
+                {"state": {"terminated": {"exitCode": 2}}}]}))),
+            "ExitCode:2"
+        );
+        assert_eq!(
+            status(pod(json!({"phase": "Succeeded", "containerStatuses": [
+                {"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}))),
+            "Completed"
+        );
+        assert_eq!(
+            status(pod(json!({"phase": "Failed", "reason": "Evicted"}))),
+            "Evicted"
+        );
+        let mut deleting = pod(json!({"phase": "Running"}));
+        deleting["metadata"]["deletionTimestamp"] = json!("2020-01-01T00:00:00Z");
+        assert_eq!(status(deleting), "Terminating");
+    }
+
+    #[test]
+    fn jobs_show_completions_and_duration() {
+        let job = json!({"metadata": {"name": "j"}, "spec": {"completions": 3, "template":
+            {"spec": {"containers": [{"name": "w", "image": "busybox"}]}}},
+            "status": {"succeeded": 3, "startTime": "2020-01-01T00:00:00Z",
+                       "completionTime": "2020-01-01T00:02:30Z",
+                       "conditions": [{"type": "Complete", "status": "True"}]}});
+        let c = cells_of("Job", job);
+        assert_eq!(c[1], "Complete");
+        assert_eq!(c[2], "3/3");
+        assert_eq!(c[3], "2m30s");
+        assert_eq!(c[5], "w");
+        let queue = json!({"metadata": {"name": "q"}, "spec": {"parallelism": 4}});
+        let c = cells_of("Job", queue);
+        assert_eq!(c[2], "0/1 of 4");
+        assert_eq!(c[3], "");
+    }
+
+    #[test]
+    fn slices_endpoints_and_events_read_like_kubectls() {
+        let slice = json!({"metadata": {"name": "web-abc"}, "addressType": "IPv4",
+            "ports": [{"port": 8080}], "endpoints": (1..=5).map(|i| json!({"addresses": [format!("10.0.0.{i}")]})).collect::<Vec<_>>()});
+        let c = cells_of("EndpointSlice", slice);
+        assert_eq!(c[1], "IPv4");
+        assert_eq!(c[2], "8080");
+        assert_eq!(c[3], "10.0.0.1,10.0.0.2,10.0.0.3 + 2 more...");
+        let empty = cells_of(
+            "EndpointSlice",
+            json!({"metadata": {"name": "x"}, "addressType": "IPv4"}),
+        );
+        assert_eq!(
+            (&empty[2], &empty[3]),
+            (&json!("<unset>"), &json!("<unset>"))
+        );
+        let now = jiff::Timestamp::now();
+        let ago = |secs: i64| (now - jiff::SignedDuration::from_secs(secs)).to_string();
+        let event = json!({"metadata": {"name": "web.1"}, "type": "Normal", "reason": "Scheduled",
+            "involvedObject": {"kind": "Pod", "name": "web"}, "message": " assigned ",
+            "firstTimestamp": ago(600), "lastTimestamp": ago(30), "count": 3,
+            "source": {"component": "default-scheduler"}});
+        let c = cells_of("Event", event);
+        assert_eq!(c[0], "30s");
+        assert_eq!(c[3], "pod/web");
+        assert_eq!(c[5], "default-scheduler");
+        assert_eq!(c[6], "assigned");
+        assert_eq!(c[7], "10m");
+        assert_eq!(c[8], "3");
+        assert_eq!(c[9], "web.1");
     }
 }
