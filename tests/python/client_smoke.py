@@ -46,6 +46,49 @@ for event in w.stream(
 else:
     raise AssertionError("the watch saw no change")
 
+# Replace (PUT) with the current resourceVersion succeeds; a second one with the now stale
+# resourceVersion is 409 Conflict and changes nothing.
+stale = core.read_namespaced_config_map("py", "default")
+stale.data["e"] = "5"
+replaced = core.replace_namespaced_config_map("py", "default", stale)
+assert replaced.data["e"] == "5", replaced.data
+assert replaced.metadata.resource_version != stale.metadata.resource_version
+stale.data["e"] = "lost"
+try:
+    core.replace_namespaced_config_map("py", "default", stale)
+    raise AssertionError("a replace with a stale resourceVersion was accepted")
+except ApiException as e:
+    assert e.status == 409, e
+    assert "the object has been modified" in e.body, e.body
+assert core.read_namespaced_config_map("py", "default").data["e"] == "5"
+
+# Set-based label selectors and field selectors.
+core.create_namespaced_config_map(
+    "default",
+    client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py-other", labels={"from": "go"})),
+)
+
+
+def names_of(**selectors):
+    return sorted(
+        c.metadata.name for c in core.list_namespaced_config_map("default", **selectors).items
+    )
+
+
+assert names_of(label_selector="from in (python,go)") == ["py", "py-other"]
+assert names_of(label_selector="from notin (go)") == ["py"]
+assert names_of(label_selector="from,from!=python") == ["py-other"]
+assert names_of(label_selector="!from") == [
+    c.metadata.name
+    for c in core.list_namespaced_config_map("default").items
+    if not (c.metadata.labels or {}).get("from")
+]
+assert names_of(field_selector="metadata.name=py-other") == ["py-other"]
+assert names_of(field_selector="metadata.name!=py-other", label_selector="from") == ["py"]
+all_ns = core.list_config_map_for_all_namespaces(field_selector="metadata.namespace=default")
+assert {c.metadata.namespace for c in all_ns.items} == {"default"}, all_ns.items
+core.delete_namespaced_config_map("py-other", "default")
+
 deploy = client.V1Deployment(
     metadata=client.V1ObjectMeta(name="py-web"),
     spec=client.V1DeploymentSpec(

@@ -1,9 +1,10 @@
 //! kube-rs (the Rust Kubernetes client), unmodified, against a 3-master cluster's API through
-//! the admin kubeconfig: typed CRUD, the three patch types, optimistic concurrency, a watch.
+//! the admin kubeconfig: typed CRUD, the three patch types, optimistic concurrency, a watch,
+//! and the dynamic API (kinds from discovery, untyped objects).
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 
@@ -139,5 +140,56 @@ fn kube_rs_reads_writes_and_watches() {
             Err(kube::Error::Api(e)) => assert_eq!(e.code, 404),
             other => panic!("expected NotFound, got {other:?}"),
         }
+
+        // The dynamic API: kinds found by discovery, objects as untyped JSON.
+        let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+        let (deployments, caps) = discovery
+            .groups()
+            .flat_map(|g| g.recommended_resources())
+            .find(|(r, _)| r.group == "apps" && r.kind == "Deployment")
+            .expect("discovery lists apps/v1 Deployment");
+        assert_eq!(
+            (deployments.version.as_str(), deployments.plural.as_str()),
+            ("v1", "deployments")
+        );
+        assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+        let dynamic: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "default", &deployments);
+        let body: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "dynamic", "labels": {"via": "dynamic"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "dynamic"}},
+                     "template": {"metadata": {"labels": {"app": "dynamic"}},
+                                  "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
+        }))
+        .unwrap();
+        let made = dynamic.create(&PostParams::default(), &body).await.unwrap();
+        assert!(made.metadata.uid.is_some());
+        assert_eq!(made.data["spec"]["replicas"], 1);
+        let patched = dynamic
+            .patch(
+                "dynamic",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(patched.data["spec"]["replicas"], 3);
+        let listed = dynamic
+            .list(&ListParams::default().labels("via=dynamic"))
+            .await
+            .unwrap();
+        assert_eq!(listed.items.len(), 1);
+        // The typed view of the same object agrees.
+        let typed: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(client.clone(), "default");
+        assert_eq!(
+            typed.get("dynamic").await.unwrap().spec.unwrap().replicas,
+            Some(3)
+        );
+        dynamic
+            .delete("dynamic", &DeleteParams::default())
+            .await
+            .unwrap();
     });
 }

@@ -1,5 +1,6 @@
 //! The official Kubernetes Python client (installed by `scripts/setup` in its own venv)
-//! against a 3-master cluster: CRUD, strategic and JSON patches, label selectors, a watch,
+//! against a 3-master cluster: CRUD, strategic and JSON patches, replace (409 when stale),
+//! set-based label selectors and field selectors, a watch,
 //! the scale subresource and error statuses. The script is `tests/python/client_smoke.py`.
 
 use std::path::PathBuf;
