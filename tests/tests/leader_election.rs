@@ -3,16 +3,18 @@
 //! ServiceAccount); after SIGKILL of its process another master takes over in under 3 s and
 //! reconciliation continues; on SIGTERM it releases the Lease and the handover is immediate;
 //! a leader paused with SIGSTOP loses the Lease, and its fencing token is refused by the API
-//! server from the moment its successor acquired.
+//! server from the moment its successor acquired: resumed with a stale view of a ReplicaSet
+//! scaled meanwhile, it adds no pod.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
-use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use flotilla_e2e::{flotilla, kubectl_bin, pid_alive, show, wait_for, LocalCluster};
@@ -326,6 +328,33 @@ fn one_fenced_controller_manager_leads_and_fails_over_fast() {
         let survivor = other(&paused);
         let cs = client(&cluster, survivor, None).await;
         let leases_s: Api<Lease> = Api::namespaced(cs.clone(), "kube-system");
+        // Work for the controllers that a resumed, stale leader would get wrong: a ReplicaSet
+        // of 2 now, scaled to 4 while the leader is paused. Resumed, its cache would still
+        // say 2 pods when the scale arrives, and without fencing it would add two more.
+        let rs_api: Api<ReplicaSet> = Api::namespaced(cs.clone(), "default");
+        let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "during-pause"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "during-pause"}},
+                     "template": {"metadata": {"labels": {"app": "during-pause"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        }))
+        .unwrap();
+        rs_api.create(&PostParams::default(), &rs).await.unwrap();
+        let pods: Api<Pod> = Api::namespaced(cs.clone(), "default");
+        let pause_pods = || async {
+            pods.list(&ListParams::default().labels("app=during-pause"))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(usize::MAX)
+        };
+        let waiting = Instant::now();
+        while pause_pods().await != 2 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(20),
+                "the leader made no 2 pods"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let paused_pid = pid_of(&cluster, &paused);
         signal(paused_pid, "-STOP");
         // Resumed however this test ends.
@@ -376,11 +405,42 @@ fn one_fenced_controller_manager_leads_and_fails_over_fast() {
             .create(&PostParams::default(), &cm)
             .await
             .expect("the current leader's token is accepted");
+        rs_api
+            .patch(
+                "during-pause",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": 4}})),
+            )
+            .await
+            .unwrap();
+        let waiting = Instant::now();
+        while pause_pods().await != 4 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(20),
+                "the new leader made no 4 pods"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         signal(paused_pid, "-CONT");
-        // Resumed, the old leader finds the Lease taken and stays a candidate.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Resumed, the old leader finds the Lease taken and stays a candidate; whatever its
+        // stale controllers try meanwhile is refused, so the ReplicaSet keeps exactly 4 pods.
+        let watching = Instant::now();
+        while watching.elapsed() < Duration::from_secs(5) {
+            let n = pause_pods().await;
+            assert_eq!(
+                n, 4,
+                "the ReplicaSet has {n} pods after the old leader resumed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert_eq!(holder(&leases_s).await, fourth);
         let log = std::fs::read_to_string(cluster.dir().join(&paused).join("server.log")).unwrap();
+        println!(
+            "writes the resumed {paused} tried and had refused as fenced: {}",
+            log.lines()
+                .filter(|l| l.contains("fenced: the Lease"))
+                .count()
+        );
         assert!(
             log.contains("the Lease was taken") || log.contains("could not renew"),
             "the resumed leader did not step down:\n{log}"
