@@ -577,6 +577,57 @@ fn the_api_refuses_strangers_and_bad_bodies_with_kubernetes_statuses() {
         "application/json",
     );
     assert_eq!(code, "413");
+    let (code, _) = curl(true, "GET", &format!("{cms}/big"), "", "application/json");
+    assert_eq!(code, "404", "a refused body was written");
+    // A wrong apiVersion for the URL is 400; YAML bodies are taken, malformed YAML is 400.
+    let (code, status) = curl(
+        true,
+        "POST",
+        cms,
+        r#"{"kind":"ConfigMap","apiVersion":"apps/v1","metadata":{"name":"w"}}"#,
+        "application/json",
+    );
+    assert_eq!(code, "400", "{status}");
+    assert!(
+        status["message"].as_str().unwrap_or("").contains("apps/v1"),
+        "{status}"
+    );
+    let (code, made) = curl(
+        true,
+        "POST",
+        cms,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: \"1\"\n",
+        "application/yaml",
+    );
+    assert_eq!(
+        (code.as_str(), &made["data"]["a"]),
+        ("201", &serde_json::json!("1")),
+        "{made}"
+    );
+    let (code, status) = curl(
+        true,
+        "POST",
+        cms,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: [\n  name: bad\n",
+        "application/yaml",
+    );
+    assert_eq!(
+        (code.as_str(), &status["reason"]),
+        ("400", &serde_json::json!("BadRequest")),
+        "{status}"
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not valid YAML"),
+        "{status}"
+    );
+    let (code, status) = curl(true, "POST", cms, "x", "text/plain");
+    assert_eq!(
+        (code.as_str(), &status["reason"]),
+        ("415", &serde_json::json!("UnsupportedMediaType"))
+    );
     let (code, status) = curl(true, "GET", "/api/v1/widgets", "", "application/json");
     assert_eq!(
         (code.as_str(), &status["reason"]),

@@ -1,5 +1,6 @@
 //! Randomized inputs for the decoders that read what clients send: none may panic, whatever
-//! the bytes (protobuf bodies, strategic merge patches, JSON patches, selectors, paths).
+//! the bytes (protobuf, JSON and YAML bodies, strategic merge patches, JSON patches,
+//! selectors, URL paths and query strings, and new objects through defaulting and validation).
 //! Deterministic (a fixed-seed generator), so a failure reproduces.
 
 #![cfg(test)]
@@ -120,6 +121,41 @@ fn patches_and_selectors_never_panic() {
         }
         if let Ok(s) = crate::selectors::FieldSelector::parse(&sel) {
             let _ = s.matches(&original);
+        }
+    }
+}
+
+#[test]
+fn yaml_bodies_paths_and_queries_never_panic() {
+    let mut rng = Rng(7);
+    let yaml = b"ab: -[]{}\n\"'&*!|>#%@`,?~0.9e";
+    let path = b"/apisv1namespacepodsx-.%_";
+    let query = b"watch=1&resourceVersion0Match=ExactlabelSelectortimeoutSeconds%+-";
+    for _ in 0..20_000 {
+        let _ = crate::http::parse_yaml(rng.text(yaml, 80).as_bytes());
+        let _ = crate::http::parse_yaml(&rng.bytes(60));
+        let _ = crate::http::parse_path(&rng.text(path, 60));
+        let _ = crate::http::parse_query(Some(&rng.text(query, 80)));
+    }
+    // Deeply nested documents are refused, not a stack overflow.
+    let deep = "[".repeat(100_000);
+    assert!(crate::http::parse_yaml(deep.as_bytes()).is_err());
+}
+
+#[test]
+fn new_objects_of_every_kind_never_panic_defaulting_or_validation() {
+    let mut rng = Rng(2024);
+    for _ in 0..3_000 {
+        for res in crate::resources::RESOURCES {
+            let mut obj = json!({"metadata": {"name": "x"}, "spec": rng.value(3)});
+            if rng.below(2) == 0 {
+                obj["status"] = rng.value(2);
+            }
+            let ns = res.namespaced.then_some("default");
+            if let Ok(o) = crate::objects::prepare_create(res, ns, obj) {
+                let _ = crate::validation::strict(res.kind, &o);
+                let _ = crate::table::table(res.kind, &[o], None);
+            }
         }
     }
 }

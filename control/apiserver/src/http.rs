@@ -152,7 +152,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The query parameters the API understands.
 #[derive(Debug, Default)]
-struct Query {
+pub(crate) struct Query {
     watch: bool,
     resource_version: String,
     label_selector: Option<LabelSelector>,
@@ -171,7 +171,7 @@ struct Query {
     version_match: bool,
 }
 
-fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
+pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
     let mut out = Query::default();
     for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
         match k.as_ref() {
@@ -254,7 +254,7 @@ fn list_options_invalid(message: String) -> ApiError {
 
 /// What a path names.
 #[derive(Debug)]
-enum Target {
+pub(crate) enum Target {
     Version,
     Health,
     ApiVersions,
@@ -274,7 +274,7 @@ fn not_found_path(path: &str) -> ApiError {
     }
 }
 
-fn parse_path(path: &str) -> Result<Target, ApiError> {
+pub(crate) fn parse_path(path: &str) -> Result<Target, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Target::Version),
@@ -497,12 +497,56 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::TooLarge(format!("limit is {MAX_BODY_BYTES} bytes")))
 }
 
-fn parse_body(protobuf: bool, bytes: &[u8]) -> Result<Value, ApiError> {
-    if protobuf {
-        crate::protobuf::decode(bytes)
-    } else {
-        parse_json(bytes)
+/// How a request body is encoded, by its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    Json,
+    /// `application/yaml`, and server-side apply's `application/apply-patch+yaml`.
+    Yaml,
+    /// Kubernetes' protobuf envelope, for the built-in kinds.
+    Protobuf,
+}
+
+impl BodyFormat {
+    /// The format of `content_type` (without parameters); `None` for one the API does not
+    /// take (415).
+    fn of(content_type: &str) -> Option<BodyFormat> {
+        match content_type {
+            "" => Some(BodyFormat::Json),
+            crate::protobuf::MEDIA_TYPE => Some(BodyFormat::Protobuf),
+            "application/yaml" | objects::APPLY_PATCH => Some(BodyFormat::Yaml),
+            ct if ct.ends_with("json") => Some(BodyFormat::Json),
+            _ => None,
+        }
     }
+}
+
+fn parse_body(format: BodyFormat, bytes: &[u8]) -> Result<Value, ApiError> {
+    match format {
+        BodyFormat::Protobuf => crate::protobuf::decode(bytes),
+        BodyFormat::Json => parse_json(bytes),
+        BodyFormat::Yaml => parse_yaml(bytes),
+    }
+}
+
+pub(crate) fn parse_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
+    // JSON is YAML, and most YAML bodies are JSON (kubectl's server-side apply): the faster
+    // parser first.
+    if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+        return Ok(v);
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::BadRequest("the request body is not valid UTF-8 YAML".into()))?;
+    serde_saphyr::from_str::<Value>(text).map_err(|e| {
+        // The parser's first line says what and where; the rest is a source excerpt.
+        let e = e.to_string();
+        let what = e
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        ApiError::BadRequest(format!("the request body is not valid YAML: {what}"))
+    })
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
@@ -568,24 +612,22 @@ async fn serve<B: Backend>(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    // Bodies are JSON, or Kubernetes protobuf for the built-in kinds.
+    // Bodies are JSON, YAML, or Kubernetes protobuf for the built-in kinds.
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| ct.split(';').next().unwrap_or("").trim().to_string())
         .unwrap_or_default();
-    let protobuf = content_type == crate::protobuf::MEDIA_TYPE;
-    {
-        let ct = content_type.as_str();
-        if !ct.is_empty() && !ct.ends_with("json") && !protobuf && ct != objects::APPLY_PATCH {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types \
-                 include: application/json, application/json-patch+json, \
-                 application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"
-            )));
-        }
-    }
+    let Some(format) = BodyFormat::of(&content_type) else {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types \
+             include: application/json, application/yaml, application/vnd.kubernetes.protobuf, \
+             application/json-patch+json, application/merge-patch+json, \
+             application/strategic-merge-patch+json, application/apply-patch+yaml \
+             (got {content_type})"
+        )));
+    };
     let path = parts.uri.path().to_string();
     let query = parse_query(parts.uri.query())?;
     let table = wants_table(&parts.headers);
@@ -665,7 +707,7 @@ async fn serve<B: Backend>(
             Ok(json_response(StatusCode::OK, &list))
         }
         (Method::POST, Target::Collection(res, ns)) => {
-            let obj = parse_body(protobuf, &read_body(body).await?)?;
+            let obj = parse_body(format, &read_body(body).await?)?;
             let created = create_object(&api, res, ns.as_deref(), obj, &query).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
@@ -688,7 +730,7 @@ async fn serve<B: Backend>(
                 res,
                 &ns,
                 &name,
-                parse_body(protobuf, &read_body(body).await?)?,
+                parse_body(format, &read_body(body).await?)?,
                 parts.uri.query(),
             )
             .await
@@ -753,7 +795,7 @@ async fn serve<B: Backend>(
         (Method::POST, Target::Object(res, Some(ns), name, Some(sub)))
             if sub == "binding" && res.kind == "Pod" =>
         {
-            let binding = parse_body(protobuf, &read_body(body).await?)?;
+            let binding = parse_body(format, &read_body(body).await?)?;
             bind_pod(&api, res, &ns, &name, &binding).await?;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -767,7 +809,7 @@ async fn serve<B: Backend>(
             let signer = api.tokens.as_ref().ok_or_else(|| {
                 ApiError::Forbidden("this API server has no service-account signing key".into())
             })?;
-            let req = parse_body(protobuf, &read_body(body).await?)?;
+            let req = parse_body(format, &read_body(body).await?)?;
             let sa = api.storage.get(res, Some(&ns), &name).await?;
             let uid = sa
                 .pointer("/metadata/uid")
@@ -817,7 +859,7 @@ async fn serve<B: Backend>(
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::PUT, Target::Object(res, ns, name, sub)) => {
-            let obj = parse_body(protobuf, &read_body(body).await?)?;
+            let obj = parse_body(format, &read_body(body).await?)?;
             let current = api.storage.get(res, ns.as_deref(), &name).await?;
             let obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
@@ -836,7 +878,7 @@ async fn serve<B: Backend>(
             Ok(json_response(StatusCode::OK, &updated))
         }
         (Method::PATCH, Target::Object(res, ns, name, sub)) => {
-            let patch = parse_json(&read_body(body).await?)?;
+            let patch = parse_body(format, &read_body(body).await?)?;
             let apply = content_type == objects::APPLY_PATCH;
             if apply && query.field_manager.as_deref().unwrap_or("").is_empty() {
                 return Err(ApiError::BadRequest(
