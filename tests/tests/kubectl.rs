@@ -948,4 +948,64 @@ fn rbac_decides_what_a_user_may_do() {
     assert!(!out.status.success());
     // kubectl's words for a 401.
     assert!(show(&out).contains("provide credentials"), "{}", show(&out));
+
+    // `kubectl auth can-i` and `whoami` (the review APIs), for oneself, with `--list`, and as
+    // someone else through impersonation (`--as`), which needs RBAC's `impersonate`.
+    let out = as_bot(1, &token, &["auth", "whoami"]);
+    assert!(
+        show(&out).contains("system:serviceaccount:default:bot"),
+        "{}",
+        show(&out)
+    );
+    for version in ["1.27", "1.33"] {
+        let admin = Kubectl::new(&cluster, version);
+        let alice = Kubectl {
+            kubeconfig: user_kubeconfig(&cluster, "alice", &["devs"]),
+            ..Kubectl::new(&cluster, version)
+        };
+        let can = |k: &Kubectl, args: &[&str]| {
+            let out = k.run(&[&["auth", "can-i"], args].concat());
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(can(&alice, &["get", "configmaps"]), "yes");
+        assert_eq!(can(&alice, &["delete", "configmaps"]), "no");
+        assert_eq!(
+            can(&alice, &["list", "configmaps", "-n", "kube-system"]),
+            "yes"
+        );
+        assert_eq!(
+            can(&alice, &["get", "configmaps", "-n", "kube-system"]),
+            "no"
+        );
+        assert_eq!(can(&admin, &["delete", "nodes"]), "yes");
+        let list = alice.ok(&["auth", "can-i", "--list"]);
+        assert!(
+            list.lines().any(|l| l.starts_with("configmaps ")
+                && ["get", "list", "watch"].iter().all(|v| l.contains(v))),
+            "{list}"
+        );
+        let bot = "system:serviceaccount:default:bot";
+        assert_eq!(can(&admin, &["get", "configmaps", "--as", bot]), "yes");
+        assert_eq!(can(&admin, &["delete", "configmaps", "--as", bot]), "no");
+        let out = admin.run(&["delete", "cm", "cfg", "--as", bot]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!(
+                r#"User "{bot}" cannot delete resource "configmaps""#
+            )),
+            "{}",
+            show(&out)
+        );
+        // alice may not impersonate anyone.
+        let out = alice.run(&["get", "cm", "--as", "admin"]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot impersonate resource \"users\""),
+            "{}",
+            show(&out)
+        );
+    }
+    assert_eq!(
+        admin.ok(&["get", "cm", "cfg", "-o", "name"]).trim(),
+        "configmap/cfg",
+        "a refused delete deleted"
+    );
 }

@@ -53,7 +53,10 @@ pub fn api_versions() -> Value {
 /// The API groups other than the core group, each with its versions, preferred first.
 fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (g, v) in resources::group_versions() {
+    for (g, v) in resources::group_versions()
+        .into_iter()
+        .chain(crate::reviews::group_versions())
+    {
         if g.is_empty() {
             continue;
         }
@@ -184,6 +187,15 @@ pub fn resource_list(group: &str, version: &str) -> Value {
             resources.push(entry);
         }
     }
+    for r in crate::reviews::in_group_version(group, version) {
+        resources.push(json!({
+            "name": r.plural,
+            "singularName": r.kind.to_lowercase(),
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": ["create"],
+        }));
+    }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
@@ -241,6 +253,15 @@ fn kind(group: &str, version: &str, kind: &str) -> Value {
 }
 
 fn version_discovery(group: &str, version: &str) -> Value {
+    let reviews = crate::reviews::in_group_version(group, version).map(|r| {
+        json!({
+            "resource": r.plural,
+            "responseKind": kind(r.group, r.version, r.kind),
+            "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": r.kind.to_lowercase(),
+            "verbs": ["create"],
+        })
+    });
     let resources: Vec<Value> = resources::in_group_version(group, version)
         .map(|r| {
             let subs: Vec<Value> = subresources(r)
@@ -264,6 +285,7 @@ fn version_discovery(group: &str, version: &str) -> Value {
                 "subresources": subs,
             })
         })
+        .chain(reviews)
         .collect();
     json!({"version": version, "resources": resources, "freshness": "Current"})
 }
@@ -386,7 +408,22 @@ mod tests {
         }
         assert_eq!(
             seen + v1["resources"].as_array().unwrap().len(),
-            resources::RESOURCES.len()
+            resources::RESOURCES.len() + crate::reviews::REVIEWS.len()
+        );
+        // The review APIs, which are only created (`kubectl auth can-i`, `whoami`).
+        let authz = items
+            .iter()
+            .find(|g| g["metadata"]["name"] == "authorization.k8s.io")
+            .unwrap();
+        let ssar = authz["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "selfsubjectaccessreviews")
+            .unwrap();
+        assert_eq!(
+            (&ssar["verbs"], &ssar["scope"]),
+            (&json!(["create"]), &json!("Cluster"))
         );
         let apps = items
             .iter()

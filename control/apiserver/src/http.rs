@@ -290,6 +290,7 @@ pub(crate) fn parse_path(path: &str) -> Result<Target, ApiError> {
     };
     let (group, version) = resources::group_versions()
         .into_iter()
+        .chain(crate::reviews::group_versions())
         .find(|(g, v)| *g == group && *v == version)
         .ok_or_else(|| not_found_path(path))?;
     let find =
@@ -344,6 +345,10 @@ async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Res
         },
         _ => return error_response(&ApiError::Unauthorized),
     };
+    let user = match impersonated(&api.storage, user, req.headers()).await {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
     let fence = req
         .headers()
         .get(crate::storage::FENCE_HEADER)
@@ -361,6 +366,75 @@ async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Res
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
+}
+
+/// The user a request acts as: the authenticated one, or whom its `Impersonate-User` and
+/// `Impersonate-Group` headers name (`kubectl --as`, `--as-group`) if the authenticated user
+/// may `impersonate` each of them, as Kubernetes decides it (a service account is
+/// impersonated through `serviceaccounts` in its namespace).
+async fn impersonated<B: Backend>(
+    storage: &Storage<B>,
+    user: User,
+    headers: &HeaderMap,
+) -> Result<User, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(String::from)
+            .collect()
+    };
+    let groups = values("impersonate-group");
+    let Some(name) = values("impersonate-user").into_iter().next() else {
+        if groups.is_empty() {
+            return Ok(user);
+        }
+        return Err(ApiError::BadRequest(
+            "impersonating groups requires impersonating a user (Impersonate-User)".into(),
+        ));
+    };
+    let mut as_groups = Vec::new();
+    match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        Some((ns, sa)) => {
+            may_impersonate(storage, &user, "serviceaccounts", Some(ns), sa).await?;
+            as_groups.push("system:serviceaccounts".to_string());
+            as_groups.push(format!("system:serviceaccounts:{ns}"));
+        }
+        None => may_impersonate(storage, &user, "users", None, &name).await?,
+    }
+    for g in groups {
+        may_impersonate(storage, &user, "groups", None, &g).await?;
+        as_groups.push(g);
+    }
+    as_groups.push("system:authenticated".into());
+    Ok(User {
+        name,
+        groups: as_groups,
+    })
+}
+
+/// Whether `user` may impersonate `name` (a user, group or service account): RBAC's
+/// `impersonate` verb on that resource.
+async fn may_impersonate<B: Backend>(
+    storage: &Storage<B>,
+    user: &User,
+    resource: &'static str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let attrs = crate::rbac::Attributes {
+        verb: "impersonate",
+        group: "",
+        resource,
+        subresource: None,
+        namespace,
+        name: Some(name),
+    };
+    crate::rbac::authorize(storage, user, &attrs).await
 }
 
 /// Serves a request, converting those for a version other than the stored one (the
@@ -630,6 +704,31 @@ async fn serve<B: Backend>(
     };
     let path = parts.uri.path().to_string();
     let query = parse_query(parts.uri.query())?;
+    if let Some((review, ns)) = crate::reviews::find(&path) {
+        if parts.method != Method::POST {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "{} may only be created",
+                review.plural
+            )));
+        }
+        // Asking about oneself is open to every authenticated user (Kubernetes'
+        // system:basic-user); asking about others needs RBAC's leave.
+        if !review.kind.starts_with("Self") {
+            let attrs = crate::rbac::Attributes {
+                verb: "create",
+                group: review.group,
+                resource: review.plural,
+                subresource: None,
+                namespace: ns.as_deref(),
+                name: None,
+            };
+            crate::rbac::authorize(&api.storage, user, &attrs).await?;
+        }
+        let asked = parse_body(format, &read_body(body).await?)?;
+        let answer =
+            crate::reviews::create(&api.storage, user, review, ns.as_deref(), asked).await?;
+        return Ok(json_response(StatusCode::CREATED, &answer));
+    }
     let table = wants_table(&parts.headers);
     let target = parse_path(&path)?;
     let method = parts.method.clone();

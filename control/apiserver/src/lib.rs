@@ -23,6 +23,7 @@ pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod resources;
+pub mod reviews;
 pub mod selectors;
 pub mod smp;
 pub mod specs;

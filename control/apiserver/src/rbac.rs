@@ -96,35 +96,23 @@ fn res(group: &str, plural: &str) -> &'static Resource {
         .expect("RBAC resources are served")
 }
 
-/// Decides `a` for `user`: `Ok(())` or 403 Forbidden with Kubernetes' message.
-pub async fn authorize<B: Backend>(
+const G: &str = "rbac.authorization.k8s.io";
+
+/// The rules granted to `user` in `namespace` (cluster-wide ones alone for `None`), each with
+/// what grants it (`ClusterRoleBinding "b" of ClusterRole "r"`).
+async fn granted<B: Backend>(
     storage: &Storage<B>,
     user: &User,
-    a: &Attributes<'_>,
-) -> Result<(), ApiError> {
-    if user.groups.iter().any(|g| g == "system:masters") {
-        return Ok(());
-    }
-    const G: &str = "rbac.authorization.k8s.io";
-    let role_rules = |role: &Value| -> Vec<Value> {
-        role.get("rules")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
+    namespace: Option<&str>,
+) -> Result<Vec<(Value, String)>, ApiError> {
     let mut bindings: Vec<Value> = storage.list(res(G, "clusterrolebindings"), None).await?.0;
-    if let Some(ns) = a.namespace {
+    if let Some(ns) = namespace {
         bindings.extend(storage.list(res(G, "rolebindings"), Some(ns)).await?.0);
     }
+    let mut out = Vec::new();
     for b in bindings.iter().filter(|b| binds(b, user)) {
-        let kind = b
-            .pointer("/roleRef/kind")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let role_name = b
-            .pointer("/roleRef/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let text = |p: &str| b.pointer(p).and_then(Value::as_str).unwrap_or("");
+        let (kind, role_name) = (text("/roleRef/kind"), text("/roleRef/name"));
         let role = match kind {
             "ClusterRole" => storage.get(res(G, "clusterroles"), None, role_name).await,
             "Role" => {
@@ -134,9 +122,124 @@ pub async fn authorize<B: Backend>(
             _ => continue,
         };
         let Ok(role) = role else { continue };
-        if role_rules(&role).iter().any(|r| rule_allows(r, a)) {
-            return Ok(());
+        let binding_kind = if b.pointer("/metadata/namespace").is_some() {
+            "RoleBinding"
+        } else {
+            "ClusterRoleBinding"
+        };
+        let by = format!(
+            "{binding_kind} \"{}\" of {kind} \"{role_name}\"",
+            text("/metadata/name")
+        );
+        for rule in role
+            .get("rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push((rule.clone(), by.clone()));
         }
+    }
+    Ok(out)
+}
+
+/// The rules `user` has in `namespace`, as a SelfSubjectRulesReview lists them: everything for
+/// `system:masters`, else the bound roles' rules plus what every authenticated user may do.
+pub async fn rules<B: Backend>(
+    storage: &Storage<B>,
+    user: &User,
+    namespace: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
+    if user.groups.iter().any(|g| g == "system:masters") {
+        return Ok(vec![
+            serde_json::json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+            serde_json::json!({"verbs": ["*"], "nonResourceURLs": ["*"]}),
+        ]);
+    }
+    let mut out: Vec<Value> = granted(storage, user, namespace)
+        .await?
+        .into_iter()
+        .map(|(rule, _)| rule)
+        .collect();
+    out.extend(basic_rules());
+    Ok(out)
+}
+
+/// What every authenticated user may do: Kubernetes' system:basic-user, system:discovery and
+/// system:public-info-viewer.
+fn basic_rules() -> [Value; 3] {
+    [
+        serde_json::json!({"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+            "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]}),
+        serde_json::json!({"verbs": ["create"], "apiGroups": ["authentication.k8s.io"],
+            "resources": ["selfsubjectreviews"]}),
+        serde_json::json!({"verbs": ["get"], "nonResourceURLs": PUBLIC_PATHS}),
+    ]
+}
+
+/// Paths every authenticated user may read (discovery, OpenAPI, version, health).
+const PUBLIC_PATHS: &[&str] = &[
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/openapi",
+    "/openapi/*",
+    "/version",
+    "/version/",
+];
+
+/// Whether `user` may `verb` the non-resource `path` (`/healthz`, `/metrics`…).
+pub async fn allows_path<B: Backend>(
+    storage: &Storage<B>,
+    user: &User,
+    verb: &str,
+    path: &str,
+) -> Result<bool, ApiError> {
+    let rules = rules(storage, user, None).await?;
+    Ok(rules.iter().any(|r| {
+        covers(&strs(r, "verbs"), verb)
+            && strs(r, "nonResourceURLs").iter().any(|u| {
+                u == "*" || u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
+            })
+    }))
+}
+
+/// Decides `a` for `user`: `Some(why)` when allowed (RBAC's reason, as Kubernetes words it),
+/// `None` when not.
+pub async fn decide<B: Backend>(
+    storage: &Storage<B>,
+    user: &User,
+    a: &Attributes<'_>,
+) -> Result<Option<String>, ApiError> {
+    if user.groups.iter().any(|g| g == "system:masters") {
+        return Ok(Some("the user is in system:masters".into()));
+    }
+    if basic_rules().iter().any(|rule| rule_allows(rule, a)) {
+        return Ok(Some(
+            "RBAC: allowed by ClusterRoleBinding \"system:basic-user\" of ClusterRole \
+             \"system:basic-user\" to Group \"system:authenticated\""
+                .into(),
+        ));
+    }
+    let rules = granted(storage, user, a.namespace).await?;
+    Ok(rules
+        .into_iter()
+        .find(|(rule, _)| rule_allows(rule, a))
+        .map(|(_, by)| format!("RBAC: allowed by {by} to User \"{}\"", user.name)))
+}
+
+/// Decides `a` for `user`: `Ok(())` or 403 Forbidden with Kubernetes' message.
+pub async fn authorize<B: Backend>(
+    storage: &Storage<B>,
+    user: &User,
+    a: &Attributes<'_>,
+) -> Result<(), ApiError> {
+    if decide(storage, user, a).await?.is_some() {
+        return Ok(());
     }
     let what = match a.subresource {
         Some(s) => format!("{}/{s}", a.resource),

@@ -320,10 +320,17 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 
 /// Every group version served, in discovery order: `("", "v1")`, `("apps", "v1")`, ….
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    distinct(RESOURCES.iter().map(|r| (r.group, r.version)))
+}
+
+/// `pairs` without repeats, in first-seen order.
+pub fn distinct(
+    pairs: impl Iterator<Item = (&'static str, &'static str)>,
+) -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
-        if !out.contains(&(r.group, r.version)) {
-            out.push((r.group, r.version));
+    for p in pairs {
+        if !out.contains(&p) {
+            out.push(p);
         }
     }
     out
