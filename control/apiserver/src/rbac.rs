@@ -100,10 +100,13 @@ const G: &str = "rbac.authorization.k8s.io";
 
 /// The rules granted to `user` in `namespace` (cluster-wide ones alone for `None`), each with
 /// what grants it (`ClusterRoleBinding "b" of ClusterRole "r"`).
+/// With `until`, it stops at the first rule that allows that request (and returns only it), so
+/// deciding one request reads no more roles than it needs.
 async fn granted<B: Backend>(
     storage: &Storage<B>,
     user: &User,
     namespace: Option<&str>,
+    until: Option<&Attributes<'_>>,
 ) -> Result<Vec<(Value, String)>, ApiError> {
     let mut bindings: Vec<Value> = storage.list(res(G, "clusterrolebindings"), None).await?.0;
     if let Some(ns) = namespace {
@@ -137,7 +140,12 @@ async fn granted<B: Backend>(
             .into_iter()
             .flatten()
         {
-            out.push((rule.clone(), by.clone()));
+            if until.is_some_and(|a| rule_allows(rule, a)) {
+                return Ok(vec![(rule.clone(), by)]);
+            }
+            if until.is_none() {
+                out.push((rule.clone(), by.clone()));
+            }
         }
     }
     Ok(out)
@@ -156,7 +164,7 @@ pub async fn rules<B: Backend>(
             serde_json::json!({"verbs": ["*"], "nonResourceURLs": ["*"]}),
         ]);
     }
-    let mut out: Vec<Value> = granted(storage, user, namespace)
+    let mut out: Vec<Value> = granted(storage, user, namespace, None)
         .await?
         .into_iter()
         .map(|(rule, _)| rule)
@@ -225,7 +233,7 @@ pub async fn decide<B: Backend>(
                 .into(),
         ));
     }
-    let rules = granted(storage, user, a.namespace).await?;
+    let rules = granted(storage, user, a.namespace, Some(a)).await?;
     Ok(rules
         .into_iter()
         .find(|(rule, _)| rule_allows(rule, a))
