@@ -365,6 +365,31 @@ impl Drop for Tmpfs {
     }
 }
 
+/// What `member` answered with `e`, or `None` when it answered nothing: the connection broke
+/// (a transport or HTTP/2 error, not one of the server's own messages, which name the disk or
+/// the quorum) and the member's process then exited — it was stopping on its failed disk as
+/// we asked, which its log must say (checked by the caller).
+async fn server_answer(cluster: &LocalCluster, member: usize, e: tonic::Status) -> Option<String> {
+    let message = e.message().to_string();
+    let closed =
+        !message.contains("No space left on device") && !message.contains("no leader or quorum");
+    if !closed {
+        return Some(message);
+    }
+    let pid = cluster.cluster_json()["processes"][member]["pid"]
+        .as_u64()
+        .unwrap_or(0) as u32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pid_alive(pid) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if pid_alive(pid) {
+        Some(message)
+    } else {
+        None
+    }
+}
+
 #[test]
 fn a_full_disk_fails_writes_clearly_and_loses_nothing_once_space_returns() {
     flotilla_e2e_runtime().block_on(async {
@@ -402,9 +427,13 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing_once_space_returns() {
         let refusal = refusal.expect("a 48 MiB disk never filled up");
         eprintln!("{} writes acknowledged; then: {refusal}", acked.len());
         // Which member's disk fails first is a race: a member whose store failed says so; a
-        // leader whose followers stopped can only say it has no quorum. Every member still up
-        // is asked once more: each answer must be one of the two, never a hang.
-        let mut answers = vec![refusal.message().to_string()];
+        // leader whose followers stopped can only say it has no quorum; a member that stops
+        // while our request is on its way closes the connection. Every member still up is
+        // asked once more: each answer must be one of these, never a hang.
+        let mut answers: Vec<String> = server_answer(&cluster, leader, refusal)
+            .await
+            .into_iter()
+            .collect();
         for member in 0..3 {
             let Ok(channel) = connect(&cluster, member, Duration::from_secs(15)).await else {
                 continue;
@@ -417,23 +446,7 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing_once_space_returns() {
                 })
                 .await;
             if let Err(e) = put {
-                // A member that was stopping as we asked closes the connection: that is not
-                // an answer from a member still up (its log is checked below).
-                let pid = cluster.cluster_json()["processes"][member]["pid"]
-                    .as_u64()
-                    .unwrap_or(0) as u32;
-                let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                // Not an answer of the server's (those name the disk or the quorum): the
-                // connection broke (transport or HTTP/2 error).
-                let closed = !e.message().contains("No space left on device")
-                    && !e.message().contains("no leader or quorum");
-                while closed && pid_alive(pid) && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if closed && !pid_alive(pid) {
-                    continue;
-                }
-                answers.push(e.message().to_string());
+                answers.extend(server_answer(&cluster, member, e).await);
             }
         }
         for a in &answers {
