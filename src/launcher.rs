@@ -156,10 +156,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", args.dir.dir.display()))?;
     let dir = fs::canonicalize(&args.dir.dir)?;
 
-    // Processes of this cluster that still run are kept; the others are (re)started.
+    // Processes of this cluster that still run are kept; the others are (re)started, on the
+    // addresses they had when those are still free.
     let mut running: BTreeMap<String, ProcessEntry> = BTreeMap::new();
+    let mut previous: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     if let Ok(existing) = read_cluster(&dir) {
         let total = existing.processes.len();
+        previous = existing
+            .processes
+            .iter()
+            .map(|p| (p.name.clone(), p.endpoints.clone()))
+            .collect();
         running = existing
             .processes
             .into_iter()
@@ -190,24 +197,16 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .issue(&CertRequest::client("admin", &["system:masters"]))
         .context("issuing the admin certificate")?;
     let (admin_cert, admin_key) = admin.write(&pki_dir, "admin")?;
-    // The controller manager and the scheduler on every master act as these users (all
-    // masters share them).
-    for (file, user) in [
-        (
-            crate::server::CONTROLLER_MANAGER_CERT,
-            "system:kube-controller-manager",
-        ),
-        (crate::server::SCHEDULER_CERT, "system:kube-scheduler"),
-        (
-            flotilla_pki::NODE_CLIENT_CERT,
-            flotilla_pki::NODE_CLIENT_USER,
-        ),
-    ] {
-        if !pki_dir.join(format!("{file}.crt")).exists() {
-            ca.issue(&CertRequest::client(user, &["system:masters"]))
-                .with_context(|| format!("issuing the certificate of {user}"))?
-                .write(&pki_dir, file)?;
-        }
+    // Node agents (and the node simulator) act as this user (all nodes share it). The
+    // controller manager and the scheduler need none: they call their master's API in-process.
+    let (file, user) = (
+        flotilla_pki::NODE_CLIENT_CERT,
+        flotilla_pki::NODE_CLIENT_USER,
+    );
+    if !pki_dir.join(format!("{file}.crt")).exists() {
+        ca.issue(&CertRequest::client(user, &["system:masters"]))
+            .with_context(|| format!("issuing the certificate of {user}"))?
+            .write(&pki_dir, file)?;
     }
     let sa_key = pki_dir.join(flotilla_apiserver::tokens::KEY_FILE);
     if !sa_key.exists() {
@@ -261,16 +260,21 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         fs::create_dir_all(&data_dir)?;
         let _ = fs::remove_file(endpoints_file(&data_dir));
         let log = data_dir.join("server.log");
+        // A restarted master keeps its addresses, so that clients holding the kubeconfig or
+        // the etcd endpoints of before reach it again; a fresh one (or one whose address was
+        // taken meanwhile) gets free ports.
+        let had = previous.get(name);
+        let listen = |endpoint: &str| reusable_addr(had.and_then(|e| e.get(endpoint)));
         let pid = spawn_detached(
             Command::new(&exe)
                 .arg("server")
                 .args(["--name", name])
                 .arg("--data-dir")
                 .arg(&data_dir)
-                .args(["--listen-metrics", "127.0.0.1:0"])
+                .args(["--listen-metrics", &listen("metrics")])
                 .args(["--listen-peer", peer_addr])
-                .args(["--listen-client", "127.0.0.1:0"])
-                .args(["--listen-api", "127.0.0.1:0"])
+                .args(["--listen-client", &listen("etcd")])
+                .args(["--listen-api", &listen("api")])
                 .args(["--initial-cluster", &initial_cluster])
                 .args(["--snapshot-count", &args.snapshot_count.to_string()])
                 .args([
@@ -472,6 +476,20 @@ fn spawn_detached(cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
         .spawn()
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
     Ok(child.id())
+}
+
+/// The `127.0.0.1:PORT` of an endpoint URL a process had before (`https://127.0.0.1:PORT` or
+/// `http://127.0.0.1:PORT/metrics`) if that port can be bound now, else `127.0.0.1:0`.
+fn reusable_addr(url: Option<&String>) -> String {
+    let addr = url
+        .and_then(|u| u.split("://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .filter(|a| a.ip().is_loopback() && a.port() != 0);
+    match addr {
+        Some(a) if std::net::TcpListener::bind(a).is_ok() => a.to_string(),
+        _ => "127.0.0.1:0".into(),
+    }
 }
 
 /// Waits until `p` has published its endpoints and answers `/healthz` with 200.

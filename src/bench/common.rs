@@ -103,6 +103,27 @@ impl FlotillaCluster {
         Ok(cluster)
     }
 
+    /// `flotilla up` again with the `extra` flags it was started with: it restarts the masters
+    /// that were stopped (on their former addresses) and leaves the others running. The pids
+    /// are read again afterwards.
+    pub fn restart_stopped(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new(std::env::current_exe()?)
+            .args(["up", "--nodes", "0", "--no-demo", "--dir"])
+            .arg(&self.dir)
+            .args(extra)
+            .output()
+            .context("running flotilla up")?;
+        if !out.status.success() {
+            bail!(
+                "flotilla up (restarting stopped masters) failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.info = serde_json::from_slice(&std::fs::read(self.dir.join("cluster.json"))?)?;
+        Ok(())
+    }
+
     /// The masters' endpoints of one kind (`etcd`, `api`, …), in master order.
     pub fn endpoints(&self, kind: &str) -> Vec<String> {
         self.info["processes"]

@@ -35,19 +35,18 @@ const BAR_FAILOVER_S: f64 = 3.0;
 const NS: &str = "bench-sched";
 const HOLDER: &str = "flotilla-bench";
 
+/// `flotilla up` flags of the benchmark's cluster: Node objects without kubelets send no
+/// heartbeats, so the node controller must not give up on them during the run.
+const UP_FLAGS: &[&str] = &["--node-monitor-grace-period", "86400"];
+
 pub fn run(work: &SchedulerWorkload) -> anyhow::Result<Report> {
     let scratch = ScratchDir::new("scheduler")?;
     eprintln!("starting a 3-master Flotilla cluster…");
-    // Node objects without kubelets: no heartbeats, so the node controller must not give up
-    // on them during the run.
-    let cluster = FlotillaCluster::start_with(
-        &scratch.0.join("flotilla"),
-        &["--node-monitor-grace-period", "86400"],
-    )?;
+    let mut cluster = FlotillaCluster::start_with(&scratch.0.join("flotilla"), UP_FLAGS)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(measure(&cluster, work))
+    rt.block_on(measure(&mut cluster, work))
 }
 
 fn lease_path(name: &str) -> String {
@@ -146,7 +145,10 @@ fn pod(i: usize) -> serde_json::Value {
     })
 }
 
-async fn measure(cluster: &FlotillaCluster, work: &SchedulerWorkload) -> anyhow::Result<Report> {
+async fn measure(
+    cluster: &mut FlotillaCluster,
+    work: &SchedulerWorkload,
+) -> anyhow::Result<Report> {
     let clients = connect(cluster).await?;
     let mut figures = Vec::new();
 
@@ -302,12 +304,16 @@ async fn measure(cluster: &FlotillaCluster, work: &SchedulerWorkload) -> anyhow:
     ));
 
     // Failover: SIGKILL the master leading each, time until another master holds the Lease.
+    // Each measurement starts from a whole cluster: every master answers, the one killed
+    // before included (restarted on its former address).
     for lease in ["kube-scheduler", "kube-controller-manager"] {
+        wait_all_answer(&clients, lease).await?;
         let holder = wait_for_holder(&clients, lease, None).await?;
         let Some(pid) = cluster.master_pid(&holder) else {
             bail!("the {lease} Lease is held by {holder:?}, which is not a master");
         };
         let killed = Instant::now();
+        let killed_at = k8s_openapi::jiff::Timestamp::now();
         let out = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .output()?;
@@ -316,7 +322,7 @@ async fn measure(cluster: &FlotillaCluster, work: &SchedulerWorkload) -> anyhow:
         }
         let successor = wait_for_holder(&clients, lease, Some(&holder)).await?;
         let took = killed.elapsed().as_secs_f64();
-        eprintln!("{lease}: {holder} killed; {successor} leads after {took:.2} s");
+        eprintln!("{lease}: {holder} killed at {killed_at}; {successor} leads after {took:.2} s");
         figures.push(Figure::new(
             &format!("{lease} failover after SIGKILL"),
             "s",
@@ -324,27 +330,7 @@ async fn measure(cluster: &FlotillaCluster, work: &SchedulerWorkload) -> anyhow:
             BAR_FAILOVER_S,
             Better::Lower,
         ));
-        // Bring the killed master back for the next measurement.
-        let dir = cluster.dir.display().to_string();
-        let exe = std::env::current_exe()?;
-        let up = std::process::Command::new(exe)
-            .args([
-                "up",
-                "--nodes",
-                "0",
-                "--no-demo",
-                "--node-monitor-grace-period",
-                "86400",
-                "--dir",
-                &dir,
-            ])
-            .output()?;
-        if !up.status.success() {
-            bail!(
-                "restarting {holder}: {}",
-                String::from_utf8_lossy(&up.stderr)
-            );
-        }
+        cluster.restart_stopped(UP_FLAGS)?;
     }
 
     Ok(Report {
@@ -352,6 +338,29 @@ async fn measure(cluster: &FlotillaCluster, work: &SchedulerWorkload) -> anyhow:
         baseline: "the controllers issue's bars".into(),
         figures,
     })
+}
+
+/// Waits (at most 60 s) until every master answers a read of `lease` within 500 ms: a
+/// restarted master serves again and its store has caught up with the leader's.
+async fn wait_all_answer(clients: &[kube::Client], lease: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let path = lease_path(lease);
+    for (i, c) in clients.iter().enumerate() {
+        loop {
+            let read = tokio::time::timeout(Duration::from_millis(500), get(c, &path));
+            if let Ok(Ok(_)) = read.await {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "master {} did not answer for the {lease} Lease within 60 s",
+                    i + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The holder of `lease`, once it is a master other than `not` (polling every master that
