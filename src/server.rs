@@ -447,78 +447,69 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     });
 
-    // The controller manager campaigns on every master; it talks to this master's API with
-    // its own identity, and stops (releasing its Lease) before the API does.
+    // The controller manager and the scheduler campaign on every master. They talk to this
+    // master's API in this process — the API's own router, called as a service with their
+    // identities, no TLS or sockets between them — and stop (releasing their Leases) before
+    // the API does.
     let controllers = Shutdown::new();
+    let app = flotilla_apiserver::http::router(api.clone());
     let mut elected = Vec::new();
-    match controller_client_config(&args.pki_dir, api_addr, CONTROLLER_MANAGER_CERT).await {
-        Ok(Some(base)) => {
-            // Every master (elected or not) advertises itself in default/kubernetes.
-            elected.push(tokio::spawn({
-                let stop = controllers.clone();
-                let name = args.name.clone();
-                let base = base.clone();
-                async move {
-                    match kube::Client::try_from(base) {
-                        Ok(client) => {
-                            flotilla_controllers::apiservers::run(
-                                client,
-                                &name,
-                                api_addr,
-                                async move { stop.wait().await },
-                            )
-                            .await
-                        }
-                        Err(e) => tracing::error!(error = %e, "the apiserver endpoints are off"),
-                    }
+    // Every master (elected or not) advertises itself in default/kubernetes.
+    elected.push(tokio::spawn({
+        let stop = controllers.clone();
+        let name = args.name.clone();
+        let client = in_process_client(&app, CONTROLLER_MANAGER_USER, None);
+        async move {
+            match client {
+                Ok(client) => {
+                    flotilla_controllers::apiservers::run(client, &name, api_addr, async move {
+                        stop.wait().await
+                    })
+                    .await
                 }
-            }));
-            elected.push(tokio::spawn({
-                let stop = controllers.clone();
-                let name = args.name.clone();
-                let args_grace = args.node_monitor_grace_period;
-                async move {
-                    let connect = move |fence: Option<&str>| fenced_client(&base, fence);
-                    let settings = flotilla_controllers::Settings {
-                        node_lifecycle: flotilla_controllers::nodelifecycle::Settings {
-                            grace: Duration::from_secs(args_grace),
-                        },
-                    };
-                    if let Err(e) =
-                        flotilla_controllers::run(connect, &name, settings, async move {
-                            stop.wait().await
-                        })
-                        .await
-                    {
-                        tracing::error!(error = %e, "the controller manager could not start");
-                    }
-                }
-            }))
-        }
-        Ok(None) => tracing::warn!(
-            "no controller-manager certificate in the PKI dir; the controller manager is off"
-        ),
-        Err(e) => tracing::error!(error = %e, "the controller manager is off"),
-    }
-    match controller_client_config(&args.pki_dir, api_addr, SCHEDULER_CERT).await {
-        Ok(Some(base)) => elected.push(tokio::spawn({
-            let stop = controllers.clone();
-            let name = args.name.clone();
-            async move {
-                let connect = move |fence: Option<&str>| fenced_client(&base, fence);
-                let stopped = async move { stop.wait().await };
-                if let Err(e) =
-                    flotilla_scheduler::scheduler::run_elected(connect, &name, stopped).await
-                {
-                    tracing::error!(error = %e, "the scheduler could not start");
-                }
+                Err(e) => tracing::error!(error = %e, "the apiserver endpoints are off"),
             }
-        })),
-        Ok(None) => {
-            tracing::warn!("no scheduler certificate in the PKI dir; the scheduler is off")
         }
-        Err(e) => tracing::error!(error = %e, "the scheduler is off"),
-    }
+    }));
+    elected.push(tokio::spawn({
+        let stop = controllers.clone();
+        let name = args.name.clone();
+        let args_grace = args.node_monitor_grace_period;
+        let app = app.clone();
+        async move {
+            let connect =
+                move |fence: Option<&str>| in_process_client(&app, CONTROLLER_MANAGER_USER, fence);
+            let settings = flotilla_controllers::Settings {
+                node_lifecycle: flotilla_controllers::nodelifecycle::Settings {
+                    grace: Duration::from_secs(args_grace),
+                },
+            };
+            if let Err(e) =
+                flotilla_controllers::run(
+                    connect,
+                    &name,
+                    settings,
+                    async move { stop.wait().await },
+                )
+                .await
+            {
+                tracing::error!(error = %e, "the controller manager could not start");
+            }
+        }
+    }));
+    elected.push(tokio::spawn({
+        let stop = controllers.clone();
+        let name = args.name.clone();
+        async move {
+            let connect = move |fence: Option<&str>| in_process_client(&app, SCHEDULER_USER, fence);
+            let stopped = async move { stop.wait().await };
+            if let Err(e) =
+                flotilla_scheduler::scheduler::run_elected(connect, &name, stopped).await
+            {
+                tracing::error!(error = %e, "the scheduler could not start");
+            }
+        }
+    }));
 
     let published_as = Member {
         name: args.name.clone(),
@@ -601,56 +592,42 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The client certificate the controller manager uses (`flotilla up` issues it).
-pub const CONTROLLER_MANAGER_CERT: &str = "controller-manager";
+/// The user the controller manager acts as (RBAC sees it in `system:masters`).
+const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
-/// The client certificate the scheduler uses (`flotilla up` issues it).
-pub const SCHEDULER_CERT: &str = "scheduler";
+/// The user the scheduler acts as.
+const SCHEDULER_USER: &str = "system:kube-scheduler";
 
-/// A client configuration for this master's own API with the client certificate
-/// `pki/<identity>.crt`; `None` when the PKI dir holds no such certificate.
-async fn controller_client_config(
-    pki_dir: &Path,
-    api_addr: std::net::SocketAddr,
-    identity: &str,
-) -> anyhow::Result<Option<kube::Config>> {
-    let cert = pki_dir.join(format!("{identity}.crt"));
-    let key = pki_dir.join(format!("{identity}.key"));
-    if !cert.exists() {
-        return Ok(None);
-    }
-    let server = format!("https://127.0.0.1:{}", api_addr.port());
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "self", "cluster": {
-            "server": server,
-            "certificate-authority": pki_dir.join(flotilla_pki::CA_CERT_FILE),
-        }}],
-        "users": [{"name": "controller-manager", "user": {
-            "client-certificate": cert,
-            "client-key": key,
-        }}],
-        "contexts": [{"name": "self", "context": {"cluster": "self", "user": "controller-manager"}}],
-        "current-context": "self",
-    });
-    let kc: kube::config::Kubeconfig = serde_json::from_value(kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(Some(cfg))
-}
-
-/// A client from `base`, sending `fence` (a fencing token) on every request if given.
-fn fenced_client(base: &kube::Config, fence: Option<&str>) -> Result<kube::Client, kube::Error> {
-    let mut cfg = base.clone();
-    if let Some(fence) = fence {
-        let value =
-            http::HeaderValue::from_str(fence).map_err(|e| kube::Error::Service(Box::new(e)))?;
-        cfg.headers.push((
-            http::HeaderName::from_static(flotilla_apiserver::storage::FENCE_HEADER),
-            value,
-        ));
-    }
-    kube::Client::try_from(cfg)
+/// A client of this master's API served in this process: requests go straight to `app` (the
+/// API's router) as `user` in `system:masters`, as if that user's client certificate had
+/// come over TLS, and carry `fence` (a fencing token) if given.
+fn in_process_client(
+    app: &axum::Router,
+    user: &str,
+    fence: Option<&str>,
+) -> Result<kube::Client, kube::Error> {
+    let fence = fence
+        .map(http::HeaderValue::from_str)
+        .transpose()
+        .map_err(|e| kube::Error::Service(Box::new(e)))?;
+    let app = app
+        .clone()
+        .layer(axum::Extension(flotilla_apiserver::http::User {
+            name: user.to_string(),
+            groups: vec!["system:masters".to_string()],
+        }));
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut req: http::Request<kube::client::Body>| {
+            if let Some(fence) = &fence {
+                req.headers_mut().insert(
+                    http::HeaderName::from_static(flotilla_apiserver::storage::FENCE_HEADER),
+                    fence.clone(),
+                );
+            }
+            req
+        })
+        .service(app);
+    Ok(kube::Client::new(service, "default"))
 }
 
 /// This member's Raft id: the one recorded in DIR/member-id by an earlier start, else the id
