@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use flotilla_e2e::{
-    etcdctl, etcdctl_command, flotilla, http_get, pid_alive, show, wait_for, Child, LocalCluster,
+    etcdctl, etcdctl_at, etcdctl_command, flotilla, http_get, pid_alive, show, wait_for, Child,
+    LocalCluster,
 };
 
 #[test]
@@ -77,6 +78,7 @@ fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
     let pid = cluster.cluster_json()["processes"][0]["pid"]
         .as_u64()
         .unwrap() as u32;
+    let endpoints = cluster.cluster_json()["processes"][0]["endpoints"].clone();
     assert!(std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -106,6 +108,19 @@ fn a_killed_master_shows_as_stopped_and_a_restart_keeps_its_data() {
         .unwrap() as u32;
     assert_ne!(new_pid, pid);
     assert!(pid_alive(new_pid));
+    // On the addresses it had: a kubeconfig or etcd endpoint taken before still reaches it.
+    let now = cluster.cluster_json()["processes"][0]["endpoints"].clone();
+    for endpoint in ["api", "etcd", "metrics", "peer"] {
+        assert_eq!(
+            now[endpoint], endpoints[endpoint],
+            "{endpoint} moved on restart"
+        );
+    }
+    let put = etcdctl_at(&cluster, endpoints["etcd"].as_str().unwrap())
+        .args(["put", "/after-restart", "1"])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", show(&put));
 }
 
 /// `etcdctl` (etcd 3.4's, from Debian) aimed at one member with the admin certificate.
