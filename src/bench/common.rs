@@ -80,32 +80,18 @@ impl FlotillaCluster {
 
     /// Like [`FlotillaCluster::start`], with more `flotilla up` flags.
     pub fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<FlotillaCluster> {
-        let exe = std::env::current_exe()?;
-        let out = Command::new(&exe)
-            .args(["up", "--nodes", "0", "--no-demo", "--dir"])
-            .arg(dir)
-            .args(extra)
-            .output()
-            .context("running flotilla up")?;
         // From here on, drop stops whatever did start.
         let mut cluster = FlotillaCluster {
             dir: dir.to_path_buf(),
             info: serde_json::Value::Null,
         };
-        if !out.status.success() {
-            bail!(
-                "flotilla up failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        cluster.info = serde_json::from_slice(&std::fs::read(dir.join("cluster.json"))?)?;
+        cluster.restart_stopped(extra)?;
         Ok(cluster)
     }
 
-    /// `flotilla up` again with the `extra` flags it was started with: it restarts the masters
-    /// that were stopped (on their former addresses) and leaves the others running. The pids
-    /// are read again afterwards.
+    /// `flotilla up` with the `extra` flags the cluster was started with: it starts the
+    /// masters that are not running (a restarted one on its former addresses) and leaves the
+    /// others alone. The pids are read again afterwards.
     pub fn restart_stopped(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         let out = Command::new(std::env::current_exe()?)
             .args(["up", "--nodes", "0", "--no-demo", "--dir"])
@@ -115,7 +101,7 @@ impl FlotillaCluster {
             .context("running flotilla up")?;
         if !out.status.success() {
             bail!(
-                "flotilla up (restarting stopped masters) failed: {}{}",
+                "flotilla up failed: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
