@@ -2107,38 +2107,35 @@ async fn watch<B: Backend>(
             None => crate::cache::event_line(kind, &entry.json),
         })
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    tokio::spawn(async move {
-        let event_line = |e: &crate::cache::Event| match &e.entry {
+    let crate::cache::Subscription {
+        snapshot,
+        replay,
+        rx,
+        revision,
+    } = sub;
+    let first: Vec<Bytes> = snapshot
+        .iter()
+        .filter_map(|e| line("ADDED", e, None))
+        .chain(replay.iter().filter_map(|e| match &e.entry {
             Some(entry) => line(e.kind, entry, Some(&e.line)),
             None => bookmarks.then(|| e.line.clone()),
-        };
-        let crate::cache::Subscription {
-            snapshot,
-            replay,
-            mut rx,
-            revision,
-        } = sub;
-        let first = snapshot
-            .iter()
-            .filter_map(|e| line("ADDED", e, None))
-            .chain(replay.iter().filter_map(|e| event_line(e)));
-        for l in first {
-            if tx.send(Ok(l)).await.is_err() {
-                return;
-            }
-        }
+        }))
+        .collect();
+    let event_line = move |e: &crate::cache::Event| match &e.entry {
+        Some(entry) => line(e.kind, entry, Some(&e.line)),
+        None => bookmarks.then(|| e.line.clone()),
+    };
+    // The response body polls the cache's channel itself: a change wakes the connection's
+    // stream task directly, with no task or queue of its own per watcher in between.
+    let later = futures::stream::unfold((rx, event_line), move |(mut rx, event_line)| async move {
         loop {
             let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => return,
-                },
+                Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok()?,
                 None => rx.recv().await,
             };
             // A watcher too slow for the cache's buffer ends; the client resumes from its
             // last resourceVersion (as Kubernetes does).
-            let Ok(batch) = next else { return };
+            let batch = next.ok()?;
             let mut lines: Vec<Bytes> = Vec::new();
             let mut add = |batch: &crate::cache::Batch| {
                 // Bookmarks may repeat the revision the watch started at.
@@ -2155,7 +2152,7 @@ async fn watch<B: Backend>(
                 match rx.try_recv() {
                     Ok(b) => add(&b),
                     Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
-                    Err(_) => return,
+                    Err(_) => return None,
                 }
             }
             // One line is the shared encoding itself (no copy); several become one write.
@@ -2164,12 +2161,19 @@ async fn watch<B: Backend>(
                 1 => lines.pop().unwrap_or_default(),
                 _ => Bytes::from(lines.concat()),
             };
-            if tx.send(Ok(chunk)).await.is_err() {
-                return;
-            }
+            return Some((Ok::<_, std::io::Error>(chunk), (rx, event_line)));
         }
     });
-    Ok(watch_response(rx))
+    let stream = futures::StreamExt::chain(
+        futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>)),
+        later,
+    );
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// A watch served by the store's own watch (from any revision it still holds).
