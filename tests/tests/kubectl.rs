@@ -251,6 +251,13 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
         );
         let out = k.ok(&["get", "cm", "-A"]);
         assert!(out.contains(&ns) && out.starts_with("NAMESPACE"), "{out}");
+        // --sort-by asks for the rows' whole objects (includeObject=Object) and sorts the
+        // table by any field of them.
+        k.ok(&["-n", &ns, "create", "configmap", "zz", "--from-literal=a=0"]);
+        let out = k.ok(&["-n", &ns, "get", "cm", "--sort-by=.data.a"]);
+        let at = |name: &str| out.lines().position(|l| l.starts_with(name));
+        assert!(at("zz").is_some() && at("zz") < at("cfg"), "{out}");
+        k.ok(&["-n", &ns, "delete", "cm", "zz"]);
         let out = k.ok(&["-n", &ns, "get", "deployments"]);
         assert!(out.contains("READY") && out.contains("web"), "{out}");
         // -o wide adds kubectl's wide columns; -o json is the object itself.

@@ -169,6 +169,8 @@ pub(crate) struct Query {
     exact: bool,
     /// Whether `resourceVersionMatch` was given at all.
     version_match: bool,
+    /// What the rows of a Table answer carry (`includeObject`).
+    include_object: table::Include,
 }
 
 pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
@@ -193,6 +195,9 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
             "dryRun" => out.dry_run = v == "All",
             "fieldManager" => out.field_manager = Some(v.to_string()),
             "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
+            "includeObject" => {
+                out.include_object = table::Include::parse(&v).map_err(ApiError::BadRequest)?
+            }
             "resourceVersionMatch" => match v.as_ref() {
                 "Exact" => (out.exact, out.version_match) = (true, true),
                 "NotOlderThan" => out.version_match = true,
@@ -794,7 +799,7 @@ async fn serve<B: Backend>(
                 .await?;
             let items: Vec<Value> = items.into_iter().filter(|o| selected(&query, o)).collect();
             let mut list = if table {
-                table::table(res.kind, &items, Some(rv))
+                table::table(res.kind, &items, Some(rv), query.include_object)
             } else {
                 json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
                        "metadata": {"resourceVersion": rv.to_string()}, "items": items})
@@ -952,7 +957,7 @@ async fn serve<B: Backend>(
             if table {
                 return Ok(json_response(
                     StatusCode::OK,
-                    &table::table(res.kind, &[obj], None),
+                    &table::table(res.kind, &[obj], None, query.include_object),
                 ));
             }
             Ok(json_response(StatusCode::OK, &obj))
@@ -1998,7 +2003,7 @@ async fn cached_list<B: Backend>(
     }
     if table {
         let values: Vec<Value> = items.iter().map(|e| e.value.clone()).collect();
-        let mut list = table::table(res.kind, &values, Some(rv));
+        let mut list = table::table(res.kind, &values, Some(rv), q.include_object);
         list["metadata"] = metadata;
         return Ok(Some(json_response(StatusCode::OK, &list)));
     }
@@ -2091,12 +2096,13 @@ async fn watch<B: Backend>(
         ..Default::default()
     };
     let (ns, bookmarks) = (ns.map(String::from), q.bookmarks && !table);
+    let include = q.include_object;
     let line = move |kind: &'static str, entry: &crate::cache::Entry, shared: Option<&Bytes>| {
         if !entry.in_namespace(ns.as_deref()) || !selected(&filter, &entry.value) {
             return None;
         }
         if table {
-            let t = table::table(res.kind, std::slice::from_ref(&entry.value), None);
+            let t = table::table(res.kind, std::slice::from_ref(&entry.value), None, include);
             let mut line =
                 serde_json::to_vec(&json!({"type": kind, "object": t})).unwrap_or_default();
             line.push(b'\n');
@@ -2203,9 +2209,10 @@ async fn watch_store<B: Backend>(
         field_selector: q.field_selector.clone(),
         ..Default::default()
     };
+    let include = q.include_object;
     let encode = move |kind: &str, obj: &Value| -> Bytes {
         let object = if table {
-            table::table(res.kind, std::slice::from_ref(obj), None)
+            table::table(res.kind, std::slice::from_ref(obj), None, include)
         } else {
             obj.clone()
         };

@@ -1060,17 +1060,53 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
     }
 }
 
-/// The partial object a row carries (`includeObject=Metadata`, kubectl's default).
-fn row_object(o: &Value) -> Value {
-    json!({
-        "kind": "PartialObjectMetadata",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": o.get("metadata").cloned().unwrap_or(Value::Null),
-    })
+/// What each row of a Table carries as its `object` (the `includeObject` query parameter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Include {
+    /// No object.
+    None,
+    /// The object's metadata as a PartialObjectMetadata (the default).
+    #[default]
+    Metadata,
+    /// The whole object (what `kubectl get --sort-by` asks for, to sort rows by any field).
+    Object,
 }
 
-/// A `meta.k8s.io/v1` Table of `objects` of `kind`; `resource_version` for the list.
-pub fn table(kind: &str, objects: &[Value], resource_version: Option<u64>) -> Value {
+impl Include {
+    /// Parses `includeObject`, as Kubernetes' TableOptions does.
+    pub fn parse(v: &str) -> Result<Include, String> {
+        match v {
+            "None" => Ok(Include::None),
+            "Metadata" | "" => Ok(Include::Metadata),
+            "Object" => Ok(Include::Object),
+            other => Err(format!(
+                "includeObject {other:?} is not one of \"None\", \"Metadata\", \"Object\""
+            )),
+        }
+    }
+}
+
+/// The object a row carries.
+fn row_object(o: &Value, include: Include) -> Value {
+    match include {
+        Include::None => Value::Null,
+        Include::Metadata => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": o.get("metadata").cloned().unwrap_or(Value::Null),
+        }),
+        Include::Object => o.clone(),
+    }
+}
+
+/// A `meta.k8s.io/v1` Table of `objects` of `kind`; `resource_version` for the list; each
+/// row carries what `include` says.
+pub fn table(
+    kind: &str,
+    objects: &[Value],
+    resource_version: Option<u64>,
+    include: Include,
+) -> Value {
     let now = jiff::Timestamp::now();
     let defs: Vec<Value> = columns(kind)
         .iter()
@@ -1086,7 +1122,7 @@ pub fn table(kind: &str, objects: &[Value], resource_version: Option<u64>) -> Va
         .collect();
     let rows: Vec<Value> = objects
         .iter()
-        .map(|o| json!({"cells": cells(kind, o, now), "object": row_object(o)}))
+        .map(|o| json!({"cells": cells(kind, o, now), "object": row_object(o, include)}))
         .collect();
     let mut meta = serde_json::Map::new();
     if let Some(rv) = resource_version {
@@ -1106,6 +1142,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rows_carry_the_object_include_object_asks_for() {
+        let ev = json!({"kind": "Event", "apiVersion": "v1", "lastTimestamp": "2020-01-01T00:00:00Z",
+                        "metadata": {"name": "e1", "namespace": "default"}});
+        let row =
+            |include| table("Event", std::slice::from_ref(&ev), None, include)["rows"][0].clone();
+        assert_eq!(row(Include::Object)["object"], ev);
+        assert_eq!(
+            row(Include::Metadata)["object"]["kind"],
+            "PartialObjectMetadata"
+        );
+        assert_eq!(row(Include::Metadata)["object"]["metadata"]["name"], "e1");
+        assert!(row(Include::Metadata)["object"]
+            .get("lastTimestamp")
+            .is_none());
+        assert!(row(Include::None)["object"].is_null());
+        assert_eq!(Include::parse("Object"), Ok(Include::Object));
+        assert_eq!(Include::parse(""), Ok(Include::Metadata));
+        assert!(Include::parse("Everything")
+            .unwrap_err()
+            .contains("includeObject"));
+    }
+
+    #[test]
     fn pods_get_kubectls_columns_and_wide_ones_are_priority_one() {
         let pod = json!({
             "metadata": {"name": "web-1", "creationTimestamp": "2020-01-01T00:00:00Z"},
@@ -1113,7 +1172,7 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [
                 {"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}
         });
-        let t = table("Pod", &[pod], Some(7));
+        let t = table("Pod", &[pod], Some(7), Include::Metadata);
         let heads: Vec<&str> = t["columnDefinitions"]
             .as_array()
             .unwrap()
@@ -1161,7 +1220,7 @@ mod tests {
     }
 
     fn cells_of(kind: &str, o: Value) -> Vec<Value> {
-        let t = table(kind, &[o], None);
+        let t = table(kind, &[o], None, Include::Metadata);
         assert_eq!(
             t["columnDefinitions"].as_array().unwrap().len(),
             t["rows"][0]["cells"].as_array().unwrap().len(),
