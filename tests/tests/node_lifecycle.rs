@@ -1,5 +1,7 @@
 //! Node lifecycle against simulated nodes (kubectl 1.33): a node that stops heartbeating
-//! becomes NotReady (conditions Unknown) and tainted unreachable; its pods are evicted when
+//! becomes NotReady (conditions Unknown) and tainted unreachable; its pods are marked not
+//! ready at once (a pinned pod that tolerates the taint for good stays, and is reported ready
+//! again when the node is back); its pods are evicted when
 //! their tolerationSeconds run out and their Deployment recreates them on the other nodes;
 //! when heartbeats resume the taints go and the evicted pods finish terminating.
 
@@ -101,6 +103,34 @@ fn a_silent_node_is_tainted_and_its_pods_move_elsewhere() {
         .map(|(p, _, _)| p.clone())
         .collect();
 
+    // A pod that tolerates the node's loss for good stays on it through what follows.
+    let stay = cluster.dir().join("stay.yaml");
+    std::fs::write(
+        &stay,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: stay, labels: {{app: stay}}}}\nspec:\n  \
+             nodeName: {victim}\n  containers: [{{name: c, image: nginx}}]\n  tolerations:\n  - \
+             {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute}}\n"
+        ),
+    )
+    .unwrap();
+    kubectl(&cluster, &["apply", "-f", stay.to_str().unwrap()]);
+    let stay_ready = || {
+        kubectl(
+            &cluster,
+            &[
+                "get",
+                "pod",
+                "stay",
+                "-o",
+                "jsonpath={.status.phase}/{.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        )
+    };
+    wait_for("the pinned pod to run", Duration::from_secs(30), || {
+        stay_ready() == "Running/True"
+    });
+
     // The node goes silent.
     kubectl(
         &cluster,
@@ -128,6 +158,13 @@ fn a_silent_node_is_tainted_and_its_pods_move_elsewhere() {
     assert!(
         taints.contains("node.kubernetes.io/unreachable") && taints.contains("NoExecute"),
         "{taints}"
+    );
+
+    // Its pods are marked not ready at once, as Kubernetes' node controller marks them.
+    wait_for(
+        "the silent node's pods to be not ready",
+        Duration::from_secs(10),
+        || stay_ready() == "Running/False",
     );
 
     // Its pods are evicted after 2 s and replaced on the other nodes.
@@ -160,6 +197,11 @@ fn a_silent_node_is_tainted_and_its_pods_move_elsewhere() {
         "the node to be Ready without taints",
         Duration::from_secs(30),
         || ready_and_taints(&cluster, &victim) == ("True".into(), String::new()),
+    );
+    wait_for(
+        "the pinned pod to be reported ready again",
+        Duration::from_secs(30),
+        || stay_ready() == "Running/True",
     );
     wait_for(
         "the evicted pods to be gone",

@@ -7,6 +7,9 @@
 //!   `node.kubernetes.io/unreachable` `NoSchedule` and `NoExecute`. A node reporting
 //!   `Ready=False` gets `node.kubernetes.io/not-ready` instead. A node reporting `Ready=True`
 //!   loses both.
+//! - The pods of a node whose Ready condition is `Unknown` get `Ready=False` (and a
+//!   `NodeNotReady` event), as Kubernetes' node controller marks them, so that endpoints drop
+//!   them at once; the node's agent reports them ready again when it is back.
 //! - Pods on a node with `NoExecute` taints are deleted at once if they do not tolerate one,
 //!   or when the shortest matching `tolerationSeconds` has passed since the taint was added
 //!   (the API server gives every pod 300 s for not-ready and unreachable, as Kubernetes'
@@ -192,6 +195,52 @@ pub fn assess(
     plan
 }
 
+/// The status patch (strategic merge, by condition type) that marks `pod` not ready, if its
+/// `Ready` condition is `True`: what Kubernetes' node controller does to the pods of a node
+/// that stopped reporting, so that Services stop sending them traffic long before eviction.
+pub fn not_ready_patch(pod: &Pod, now: Timestamp) -> Option<serde_json::Value> {
+    let ready = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ready.then(|| {
+        json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": now.to_string()}
+        ]}})
+    })
+}
+
+/// The namespaced API of `pod`, with its namespace and name.
+fn pod_api<'a>(client: &kube::Client, pod: &'a Pod) -> Option<(Api<Pod>, &'a str, &'a str)> {
+    let ns = pod.metadata.namespace.as_deref()?;
+    let name = pod.metadata.name.as_deref()?;
+    Some((Api::namespaced(client.clone(), ns), ns, name))
+}
+
+/// Records an event about `pod` from the node controller.
+async fn pod_event(client: &kube::Client, pod: &Pod, kind: events::Kind, reason: &str, msg: &str) {
+    let about = events::reference("v1", "Pod", &pod.metadata);
+    events::record(client, COMPONENT, &about, kind, reason, msg).await;
+}
+
+async fn mark_not_ready(client: &kube::Client, pod: &Pod, patch: &serde_json::Value) {
+    let Some((pods, _, name)) = pod_api(client, pod) else {
+        return;
+    };
+    let pp = PatchParams::default();
+    match pods.patch_status(name, &pp, &Patch::Strategic(patch)).await {
+        Ok(_) => {
+            let kind = events::Kind::Warning;
+            pod_event(client, pod, kind, "NodeNotReady", "Node is not ready").await;
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => tracing::warn!(pod = name, error = %e, "node lifecycle: marking a pod not ready"),
+    }
+}
+
 /// When `pod`, on a node with `taints`, is to be evicted: `Some(now)`-or-earlier for at once,
 /// a later time for when its tolerations run out, `None` for never.
 pub fn eviction_due(pod: &Pod, taints: &[Taint], now: Timestamp) -> Option<Timestamp> {
@@ -260,13 +309,9 @@ async fn apply(client: &kube::Client, node: &Node, plan: NodePlan) {
 }
 
 async fn evict(client: &kube::Client, pod: &Pod) {
-    let (Some(ns), Some(name)) = (
-        pod.metadata.namespace.as_deref(),
-        pod.metadata.name.as_deref(),
-    ) else {
+    let Some((pods, ns, name)) = pod_api(client, pod) else {
         return;
     };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     match pods.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
             tracing::info!(
@@ -274,16 +319,9 @@ async fn evict(client: &kube::Client, pod: &Pod) {
                 namespace = ns,
                 "node lifecycle: evicted a pod from a tainted node"
             );
-            let about = events::reference("v1", "Pod", &pod.metadata);
-            events::record(
-                client,
-                COMPONENT,
-                &about,
-                events::Kind::Normal,
-                "TaintManagerEviction",
-                &format!("Marking for deletion Pod {ns}/{name}"),
-            )
-            .await;
+            let msg = format!("Marking for deletion Pod {ns}/{name}");
+            let kind = events::Kind::Normal;
+            pod_event(client, pod, kind, "TaintManagerEviction", &msg).await;
         }
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => tracing::warn!(pod = name, error = %e, "node lifecycle: eviction failed"),
@@ -324,6 +362,8 @@ pub async fn run(client: kube::Client, settings: Settings) {
     let mut tick = tokio::time::interval(TICK);
     // Evictions already asked for (pod uid), so a slow delete is not repeated every tick.
     let mut evicted: HashMap<String, Timestamp> = HashMap::new();
+    // Pods marked not ready (uid), likewise.
+    let mut unready: HashMap<String, Timestamp> = HashMap::new();
     loop {
         tokio::select! {
             x = feeds.next() => {
@@ -341,8 +381,13 @@ pub async fn run(client: kube::Client, settings: Settings) {
             .filter_map(|l| Some((l.metadata.name.clone()?, l)))
             .collect();
         let mut no_execute: HashMap<String, Vec<Taint>> = HashMap::new();
+        // Nodes not reporting (Ready Unknown): nobody keeps their pods' status but us.
+        let mut silent: std::collections::HashSet<String> = std::collections::HashSet::new();
         for node in nodes.state() {
             let name = node.metadata.name.clone().unwrap_or_default();
+            if ready_status(&node).as_deref() == Some("Unknown") {
+                silent.insert(name.clone());
+            }
             let plan = assess(
                 &node,
                 lease_of.get(&name).map(|l| l.as_ref()),
@@ -356,6 +401,9 @@ pub async fn run(client: kube::Client, settings: Settings) {
                     .and_then(|s| s.taints.clone())
                     .unwrap_or_default()
             });
+            if plan.conditions.is_some() {
+                silent.insert(name.clone());
+            }
             if plan != NodePlan::default() {
                 apply(&client, &node, plan).await;
             }
@@ -368,13 +416,23 @@ pub async fn run(client: kube::Client, settings: Settings) {
             }
         }
         evicted.retain(|_, at| now.duration_since(*at) < SignedDuration::from_secs(30));
-        if no_execute.is_empty() {
+        unready.retain(|_, at| now.duration_since(*at) < SignedDuration::from_secs(30));
+        if no_execute.is_empty() && silent.is_empty() {
             continue;
         }
         for pod in pods.state() {
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
                 continue;
             };
+            if silent.contains(node) {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let (false, Some(patch)) =
+                    (unready.contains_key(&uid), not_ready_patch(&pod, now))
+                {
+                    unready.insert(uid, now);
+                    mark_not_ready(&client, &pod, &patch).await;
+                }
+            }
             let Some(taints) = no_execute.get(node) else {
                 continue;
             };
@@ -498,5 +556,27 @@ mod tests {
         assert_eq!(eviction_due(&forever, &taints, now), None);
         let other = pod(json!([{"key": "x", "operator": "Exists"}]));
         assert_eq!(eviction_due(&other, &taints, now), Some(now));
+    }
+
+    #[test]
+    fn only_ready_pods_are_marked_not_ready() {
+        let now = ts("2026-01-01T00:00:10Z");
+        let pod = |ready: &str| -> Pod {
+            serde_json::from_value(
+                json!({"spec": {"containers": []}, "status": {"conditions": [
+                {"type": "ContainersReady", "status": ready},
+                {"type": "Ready", "status": ready}]}}),
+            )
+            .unwrap()
+        };
+        let patch = not_ready_patch(&pod("True"), now).unwrap();
+        assert_eq!(
+            patch,
+            json!({"status": {"conditions": [{"type": "Ready", "status": "False",
+                                              "lastTransitionTime": "2026-01-01T00:00:10Z"}]}})
+        );
+        assert_eq!(not_ready_patch(&pod("False"), now), None);
+        let no_status: Pod = serde_json::from_value(json!({"spec": {"containers": []}})).unwrap();
+        assert_eq!(not_ready_patch(&no_status, now), None);
     }
 }
