@@ -2040,8 +2040,10 @@ fn error_event(e: &ApiError) -> Bytes {
     Bytes::from(line)
 }
 
-fn watch_response(rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+/// A watch's response: `stream`'s event lines as they come.
+fn watch_response(
+    stream: impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
     (
         StatusCode::OK,
         // HTTP/1.1 sends the body chunked (its length is unknown); HTTP/2 has no such header.
@@ -2077,7 +2079,9 @@ async fn watch<B: Backend>(
             compacted,
         };
         let _ = tx.try_send(Ok(error_event(&gone)));
-        return Ok(watch_response(rx));
+        return Ok(watch_response(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )));
     }
     let min = min_revision(api, q).await?;
     let sub = match api.caches.fresh(res, min).await {
@@ -2119,18 +2123,19 @@ async fn watch<B: Backend>(
         rx,
         revision,
     } = sub;
+    let line = std::sync::Arc::new(line);
+    let event_line = {
+        let line = line.clone();
+        move |e: &crate::cache::Event| match &e.entry {
+            Some(entry) => line(e.kind, entry, Some(&e.line)),
+            None => bookmarks.then(|| e.line.clone()),
+        }
+    };
     let first: Vec<Bytes> = snapshot
         .iter()
         .filter_map(|e| line("ADDED", e, None))
-        .chain(replay.iter().filter_map(|e| match &e.entry {
-            Some(entry) => line(e.kind, entry, Some(&e.line)),
-            None => bookmarks.then(|| e.line.clone()),
-        }))
+        .chain(replay.iter().filter_map(|e| event_line(e)))
         .collect();
-    let event_line = move |e: &crate::cache::Event| match &e.entry {
-        Some(entry) => line(e.kind, entry, Some(&e.line)),
-        None => bookmarks.then(|| e.line.clone()),
-    };
     // The response body polls the cache's channel itself: a change wakes the connection's
     // stream task directly, with no task or queue of its own per watcher in between.
     let later = futures::stream::unfold((rx, event_line), move |(mut rx, event_line)| async move {
@@ -2170,16 +2175,10 @@ async fn watch<B: Backend>(
             return Some((Ok::<_, std::io::Error>(chunk), (rx, event_line)));
         }
     });
-    let stream = futures::StreamExt::chain(
+    Ok(watch_response(futures::StreamExt::chain(
         futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>)),
         later,
-    );
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    )))
 }
 
 /// A watch served by the store's own watch (from any revision it still holds).
@@ -2250,7 +2249,9 @@ async fn watch_store<B: Backend>(
             }
         }
     });
-    Ok(watch_response(rx))
+    Ok(watch_response(tokio_stream::wrappers::ReceiverStream::new(
+        rx,
+    )))
 }
 
 #[cfg(test)]

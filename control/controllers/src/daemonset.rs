@@ -27,6 +27,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::nodelifecycle::tolerates;
+use crate::pod_is_ready as is_ready;
 use crate::replicaset::{ignore_gone, selects};
 
 /// The label with the hash of the template a pod was made from.
@@ -151,13 +152,6 @@ fn node_of(pod: &Pod) -> Option<String> {
                 .flatten()
         })
     })
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn hash_of(pod: &Pod) -> Option<&str> {

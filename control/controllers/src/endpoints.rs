@@ -27,6 +27,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::{json, Value};
 
+use crate::pod_is_ready as is_ready;
 use crate::replicaset::ignore_gone;
 
 /// The label naming a slice's Service.
@@ -54,13 +55,6 @@ struct Member {
     terminating: bool,
     /// The Service's ports as resolved on this pod: (name, port, protocol).
     ports: Vec<Port>,
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// `port`'s target on `pod`: a number as is, a name looked up among the container ports.

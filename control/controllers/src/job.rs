@@ -24,6 +24,7 @@ use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
 use crate::events;
+use crate::pod_is_ready as is_ready;
 use crate::replicaset::ignore_gone;
 
 const COMPONENT: &str = "job-controller";
@@ -73,13 +74,6 @@ fn phase(pod: &Pod) -> &str {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("Pending")
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn secs(d: SignedDuration) -> Duration {

@@ -50,6 +50,14 @@ pub struct Settings {
 /// The Lease the controller managers campaign for.
 pub const LEASE: &str = "kube-controller-manager";
 
+/// Whether `pod`'s `Ready` condition is `True`.
+pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Runs the controller manager of master `identity` until `shutdown` completes (then releases
 /// the Lease if held); see [`leader::run_elected`] for `connect`.
 pub async fn run(

@@ -199,14 +199,7 @@ pub fn assess(
 /// `Ready` condition is `True`: what Kubernetes' node controller does to the pods of a node
 /// that stopped reporting, so that Services stop sending them traffic long before eviction.
 pub fn not_ready_patch(pod: &Pod, now: Timestamp) -> Option<serde_json::Value> {
-    let ready = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    ready.then(|| {
+    crate::pod_is_ready(pod).then(|| {
         json!({"status": {"conditions": [
             {"type": "Ready", "status": "False", "lastTransitionTime": now.to_string()}
         ]}})

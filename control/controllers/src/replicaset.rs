@@ -18,6 +18,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 
+use crate::pod_is_ready as is_ready;
+
 /// What to do for one ReplicaSet.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
@@ -73,13 +75,6 @@ fn controller_uid(pod: &Pod) -> Option<&str> {
         .iter()
         .find(|o| o.controller == Some(true))
         .map(|o| o.uid.as_str())
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn is_active(pod: &Pod) -> bool {

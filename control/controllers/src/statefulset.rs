@@ -119,13 +119,7 @@ fn finished(pod: &Pod) -> bool {
 
 /// Running, Ready and not being deleted.
 fn healthy(pod: &Pod) -> bool {
-    !terminating(pod)
-        && phase(pod) == "Running"
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    !terminating(pod) && phase(pod) == "Running" && crate::pod_is_ready(pod)
 }
 
 fn revision_of(pod: &Pod) -> &str {

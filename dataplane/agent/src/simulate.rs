@@ -494,14 +494,6 @@ async fn pod_loop(
     }
 }
 
-/// Whether `pod`'s Ready condition is True.
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// What a kubelet does for `pod` if it is on one of our nodes: run it (status Running with an
 /// IP), or finish its deletion.
 async fn act(
@@ -546,7 +538,7 @@ async fn act(
         return;
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if phase == Some("Running") && !is_ready(pod) {
+    if phase == Some("Running") && !flotilla_controllers::pod_is_ready(pod) {
         // Marked not ready by the node controller while this node was silent: report it
         // ready again, as a kubelet's status sync does when it is back.
         let now = Timestamp::now().to_string();
