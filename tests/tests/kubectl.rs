@@ -630,11 +630,20 @@ fn the_api_refuses_strangers_and_bad_bodies_with_kubernetes_statuses() {
             .contains("not valid YAML"),
         "{status}"
     );
-    let (code, status) = curl(true, "POST", cms, "x", "text/plain");
-    assert_eq!(
-        (code.as_str(), &status["reason"]),
-        ("415", &serde_json::json!("UnsupportedMediaType"))
-    );
+    // Refused before its body is read, over and over: every answer arrives (HTTP/2, where the
+    // stream's reset used to leave in the same packet as the answer and curl dropped it).
+    for _ in 0..20 {
+        let (code, status) = curl(true, "POST", cms, "x", "text/plain");
+        assert_eq!(
+            (code.as_str(), &status["reason"]),
+            ("415", &serde_json::json!("UnsupportedMediaType"))
+        );
+        let (code, status) = curl(false, "POST", cms, "{}", "application/json");
+        assert_eq!(
+            (code.as_str(), &status["reason"]),
+            ("401", &serde_json::json!("Unauthorized"))
+        );
+    }
     let (code, status) = curl(true, "GET", "/api/v1/widgets", "", "application/json");
     assert_eq!(
         (code.as_str(), &status["reason"]),

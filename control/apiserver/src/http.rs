@@ -92,7 +92,10 @@ impl<B: Backend> Api<B> {
 /// The API as an axum router. Requests must carry a [`User`] extension (the TLS layer adds
 /// it); without one they get 401.
 pub fn router<B: Backend>(api: Arc<Api<B>>) -> Router {
-    Router::new().fallback(handle::<B>).with_state(api)
+    Router::new()
+        .fallback(handle::<B>)
+        .with_state(api)
+        .layer(axum::middleware::from_fn(crate::unread::finish_unread))
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response {

@@ -32,5 +32,11 @@ pub mod storage;
 pub mod table;
 pub mod tls;
 pub mod tokens;
+mod unread;
 pub mod validation;
 pub mod versions;
+
+/// Locks `m`, also after a panic elsewhere poisoned it (what it guards stays consistent).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
