@@ -45,6 +45,9 @@ pub struct RaftLog {
     syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
+/// A WAL sync this slow is logged.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The WAL syncer: appends write without waiting for the disk and queue their flush callback
 /// here; one thread syncs the WAL for everything queued so far (group commit) and reports
 /// the flushes in append order. The Raft core never waits on an fsync, and concurrent
@@ -59,10 +62,20 @@ fn spawn_syncer(db: std::sync::Weak<DB>) -> std::sync::mpsc::Sender<LogFlushed<T
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
                 // A weak handle, so that the database closes with its last RaftLog.
+                let started = std::time::Instant::now();
                 let synced = match db.upgrade() {
                     Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
                     None => Err("the Raft log is closed".to_string()),
                 };
+                // As etcd's "slow fdatasync": every write waits for this one.
+                let took = started.elapsed();
+                if took >= SLOW_SYNC {
+                    tracing::warn!(
+                        took_ms = took.as_millis() as u64,
+                        appends = batch.len(),
+                        "syncing the Raft log took long (a slow disk delays every write)"
+                    );
+                }
                 if let Err(e) = &synced {
                     crate::storage_failed(&StoreError::Corrupt(format!(
                         "syncing the Raft log: {e}"
