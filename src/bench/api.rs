@@ -15,6 +15,10 @@
 //!   on one HTTP/2 connection per master, as client-go (kubectl, controllers, informers)
 //!   watches — the bar's figure — and with one HTTP/1.1 connection per watch, as kube-rs and
 //!   the Python client watch.
+//!
+//! The fixed-rate creates and each watch burst start once the masters are idle (as in the
+//! scheduler benchmark), not while they still digest the cluster's start or the previous step,
+//! and the clients' connections are open before the first measured request.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -72,6 +76,10 @@ async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Resul
         post(&clients[0], "/api/v1/namespaces", &body).await?;
     }
     let mut figures = Vec::new();
+    warm_up(&clients, work.clients).await?;
+    // A fresh cluster is still settling (members publishing themselves, controllers taking
+    // their Leases and listing); measured from there, its first second counted as the load's.
+    settle(cluster).await;
 
     eprintln!(
         "pod creates at {}/s from {} clients for {} s…",
@@ -175,6 +183,7 @@ async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Resul
             "{} watchers ({label}), burst of {} changes from {} clients…",
             work.watchers, work.burst, work.burst_clients
         );
+        settle(cluster).await;
         let (w, after_ack) = watch_burst(&clients, via, ns, work).await?;
         let what = format!("{} watchers, {label}", work.watchers);
         figures.push(Figure::new(
@@ -211,6 +220,32 @@ async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Resul
         baseline: "the API server issue's bars".into(),
         figures,
     })
+}
+
+/// Opens the connections `n` concurrent clients use, as a long-running client has them: the
+/// first measured requests otherwise paid for dozens of TLS handshakes at once (up to 150 ms).
+async fn warm_up(clients: &[kube::Client], n: usize) -> anyhow::Result<()> {
+    for _ in 0..2 {
+        let tasks: Vec<_> = (0..n)
+            .map(|c| {
+                let client = clients[c % clients.len()].clone();
+                tokio::spawn(
+                    async move { get(&client, &format!("/api/v1/namespaces/{PODS_NS}")).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            t.await.context("a warm-up request panicked")??;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the masters are idle, so that a measurement does not pay for what the cluster's
+/// start or the previous measurement left them doing.
+async fn settle(cluster: &FlotillaCluster) {
+    let waited = cluster.wait_until_idle(Duration::from_secs(30)).await;
+    eprintln!("masters idle after {:.1} s", waited.as_secs_f64());
 }
 
 fn pod(i: usize) -> serde_json::Value {
