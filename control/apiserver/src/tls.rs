@@ -94,6 +94,9 @@ pub async fn serve(
 /// Bytes an HTTP/2 connection may have gathered before its writes wait for the socket.
 const GATHER_LIMIT: usize = 256 * 1024;
 
+/// Capacity the gathering buffer keeps between turns; a larger one is freed once sent.
+const GATHER_KEEP: usize = 64 * 1024;
+
 /// A connection's output gathered during one poll of its connection task.
 #[derive(Debug)]
 struct Gathering<T> {
@@ -121,6 +124,10 @@ impl<T: AsyncWrite + Unpin> Gathering<T> {
         }
         self.buf.clear();
         self.sent = 0;
+        // An idle connection does not keep what a large answer needed.
+        if self.buf.capacity() > GATHER_KEEP {
+            self.buf = Vec::new();
+        }
         match Pin::new(&mut self.io).poll_flush(cx) {
             Poll::Ready(Err(e)) => self.fail(e),
             other => other,
