@@ -264,7 +264,8 @@ fn list_options_invalid(message: String) -> ApiError {
 #[derive(Debug)]
 pub(crate) enum Target {
     Version,
-    Health,
+    /// `healthz`, `livez` or `readyz`, and the one check asked for.
+    Health(&'static str, Option<String>),
     ApiVersions,
     ApiGroups,
     Resources(&'static str, &'static str),
@@ -286,7 +287,18 @@ pub(crate) fn parse_path(path: &str) -> Result<Target, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Target::Version),
-        ["healthz" | "livez" | "readyz", ..] => return Ok(Target::Health),
+        [endpoint @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
+            let endpoint = match *endpoint {
+                "healthz" => "healthz",
+                "livez" => "livez",
+                _ => "readyz",
+            };
+            return match rest {
+                [] => Ok(Target::Health(endpoint, None)),
+                [check] => Ok(Target::Health(endpoint, Some(check.to_string()))),
+                _ => Err(not_found_path(path)),
+            };
+        }
         ["api"] => return Ok(Target::ApiVersions),
         ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] => return Ok(Target::OpenApiV2),
         ["openapi", "v3"] => return Ok(Target::OpenApiV3Root),
@@ -351,6 +363,11 @@ async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Res
             Ok(u) => u,
             Err(e) => return error_response(&e),
         },
+        // Health and version are public, as Kubernetes' system:public-info-viewer has them.
+        _ if req.method() == Method::GET && is_public_info(req.uri().path()) => User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        },
         _ => return error_response(&ApiError::Unauthorized),
     };
     let user = match impersonated(&api.storage, user, req.headers()).await {
@@ -374,6 +391,11 @@ async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Res
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
+}
+
+/// Paths anyone may read: `/version` and the health checks.
+fn is_public_info(path: &str) -> bool {
+    matches!(parse_path(path), Ok(Target::Version | Target::Health(..)))
 }
 
 /// The user a request acts as: the authenticated one, or whom its `Impersonate-User` and
@@ -747,7 +769,9 @@ async fn serve<B: Backend>(
         (Method::GET, Target::Version) => {
             Ok(json_response(StatusCode::OK, &crate::discovery::version()))
         }
-        (_, Target::Health) => Ok((StatusCode::OK, "ok").into_response()),
+        (_, Target::Health(endpoint, check)) => {
+            Ok(crate::health::answer(&api, endpoint, check.as_deref(), parts.uri.query()).await)
+        }
         (Method::GET, Target::ApiVersions) => Ok(discovery_response(&parts.headers, true)),
         (Method::GET, Target::ApiGroups) => Ok(discovery_response(&parts.headers, false)),
         (Method::GET, Target::OpenApiV2) => Ok((

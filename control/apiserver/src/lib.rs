@@ -14,6 +14,7 @@ pub mod compactor;
 pub mod defaults;
 pub mod discovery;
 mod fuzz;
+mod health;
 pub mod http;
 pub mod kinds;
 pub mod node_proxy;
