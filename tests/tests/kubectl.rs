@@ -212,6 +212,19 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
         assert_eq!(out.trim(), "configmap/cfg");
         let out = k.ok(&["-n", &ns, "get", "cm", "-l", "tier!=web", "-o", "name"]);
         assert_eq!(out.trim(), "");
+        // Removing the last label and annotation leaves no empty maps behind, as on
+        // Kubernetes (omitempty), so `kubectl diff` shows no phantom change.
+        k.ok(&["-n", &ns, "create", "cm", "bare"]);
+        k.ok(&["-n", &ns, "label", "cm", "bare", "x=1"]);
+        k.ok(&["-n", &ns, "label", "cm", "bare", "x-"]);
+        k.ok(&["-n", &ns, "annotate", "cm", "bare", "y=1"]);
+        k.ok(&["-n", &ns, "annotate", "cm", "bare", "y-"]);
+        let bare: serde_json::Value =
+            serde_json::from_str(&k.ok(&["-n", &ns, "get", "cm", "bare", "-o", "json"])).unwrap();
+        for gone in ["labels", "annotations"] {
+            assert!(bare["metadata"].get(gone).is_none(), "{gone}: {bare}");
+        }
+        k.ok(&["-n", &ns, "delete", "cm", "bare"]);
         k.ok(&[
             "-n",
             &ns,

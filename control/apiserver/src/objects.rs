@@ -114,10 +114,36 @@ fn check_kind(res: &Resource, ns: Option<&str>, obj: &mut Value) -> Result<(), A
     }
 }
 
+/// Empty label and annotation maps and empty finalizer and owner lists are left out, as
+/// Kubernetes' `omitempty` leaves them out: removing an object's last label must not leave
+/// `labels: {}` behind (`kubectl diff` showed it as a change).
+fn drop_empty_metadata(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in [
+            "labels",
+            "annotations",
+            "finalizers",
+            "ownerReferences",
+            "managedFields",
+        ] {
+            let empty = match meta.get(field) {
+                Some(Value::Object(m)) => m.is_empty(),
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                meta.remove(field);
+            }
+        }
+    }
+}
+
 /// Prepares a new object for storage: kind and namespace checks, `generateName`, name
 /// validation, uid, creationTimestamp, generation, and the defaults Kubernetes sets.
 pub fn prepare_create(res: &Resource, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
     check_kind(res, ns, &mut obj)?;
+    drop_empty_metadata(&mut obj);
     let meta = obj["metadata"].as_object_mut().expect("checked above");
     let mut name = meta
         .get("name")
@@ -252,6 +278,7 @@ pub fn prepare_update(
     mut obj: Value,
 ) -> Result<Value, ApiError> {
     check_kind(res, ns, &mut obj)?;
+    drop_empty_metadata(&mut obj);
     let body_name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -426,6 +453,27 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
 mod tests {
     use super::*;
     use crate::resources;
+
+    #[test]
+    fn empty_metadata_collections_are_left_out_as_omitempty_does() {
+        let cms = resources::find("", "v1", "configmaps").unwrap();
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c",
+            "labels": {}, "annotations": {}, "finalizers": [], "ownerReferences": []}});
+        let made = prepare_create(cms, Some("default"), body).unwrap();
+        let meta = made["metadata"].as_object().unwrap();
+        for gone in ["labels", "annotations", "finalizers", "ownerReferences"] {
+            assert!(!meta.contains_key(gone), "{gone} kept: {made}");
+        }
+        let mut next = made.clone();
+        next["metadata"]["labels"] = json!({"a": "1"});
+        next["metadata"]["annotations"] = json!({});
+        let updated = prepare_update(cms, Some("default"), "c", None, &made, next).unwrap();
+        assert_eq!(updated["metadata"]["labels"], json!({"a": "1"}));
+        assert!(
+            updated["metadata"].get("annotations").is_none(),
+            "{updated}"
+        );
+    }
 
     #[test]
     fn jobs_get_kubernetes_generated_selector_unless_manual() {
