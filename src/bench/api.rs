@@ -79,7 +79,7 @@ async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Resul
     warm_up(&clients, work.clients).await?;
     // A fresh cluster is still settling (members publishing themselves, controllers taking
     // their Leases and listing); measured from there, its first second counted as the load's.
-    settle(cluster).await;
+    cluster.settle().await;
 
     eprintln!(
         "pod creates at {}/s from {} clients for {} s…",
@@ -183,7 +183,7 @@ async fn measure(cluster: &FlotillaCluster, work: &ApiWorkload) -> anyhow::Resul
             "{} watchers ({label}), burst of {} changes from {} clients…",
             work.watchers, work.burst, work.burst_clients
         );
-        settle(cluster).await;
+        cluster.settle().await;
         let (w, after_ack) = watch_burst(&clients, via, ns, work).await?;
         let what = format!("{} watchers, {label}", work.watchers);
         figures.push(Figure::new(
@@ -239,13 +239,6 @@ async fn warm_up(clients: &[kube::Client], n: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Waits until the masters are idle, so that a measurement does not pay for what the cluster's
-/// start or the previous measurement left them doing.
-async fn settle(cluster: &FlotillaCluster) {
-    let waited = cluster.wait_until_idle(Duration::from_secs(30)).await;
-    eprintln!("masters idle after {:.1} s", waited.as_secs_f64());
 }
 
 fn pod(i: usize) -> serde_json::Value {

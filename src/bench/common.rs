@@ -135,6 +135,12 @@ impl FlotillaCluster {
             .and_then(|p| u32::try_from(p).ok())
     }
 
+    /// Waits (at most 30 s) until the masters are idle, and says how long that took.
+    pub async fn settle(&self) {
+        let waited = self.wait_until_idle(Duration::from_secs(30)).await;
+        eprintln!("masters idle after {:.1} s", waited.as_secs_f64());
+    }
+
     /// Waits (at most `max`) until the masters are idle — together under a tenth of a core
     /// over half a second — so that a measurement does not pay for the work its setup left
     /// behind (watch caches and controllers still digesting a burst of creates). Returns how

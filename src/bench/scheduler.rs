@@ -220,8 +220,7 @@ async fn measure(
 
     // Release the scheduler onto a quiet cluster, as scheduler_perf starts its scheduler
     // after the setup: the masters' caches and controllers finish with the creates first.
-    let waited = cluster.wait_until_idle(Duration::from_secs(30)).await;
-    eprintln!("masters idle after {:.1} s", waited.as_secs_f64());
+    cluster.settle().await;
 
     // Watch the pods from now on; count each pod's first bind.
     let list: serde_json::Value = serde_json::from_str(

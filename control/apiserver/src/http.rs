@@ -265,7 +265,7 @@ fn list_options_invalid(message: String) -> ApiError {
 pub(crate) enum Target {
     Version,
     /// `healthz`, `livez` or `readyz`, and the one check asked for.
-    Health(&'static str, Option<String>),
+    Health(String, Option<String>),
     ApiVersions,
     ApiGroups,
     Resources(&'static str, &'static str),
@@ -288,16 +288,12 @@ pub(crate) fn parse_path(path: &str) -> Result<Target, ApiError> {
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Target::Version),
         [endpoint @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
-            let endpoint = match *endpoint {
-                "healthz" => "healthz",
-                "livez" => "livez",
-                _ => "readyz",
+            let check = match rest {
+                [] => None,
+                [check] => Some(check.to_string()),
+                _ => return Err(not_found_path(path)),
             };
-            return match rest {
-                [] => Ok(Target::Health(endpoint, None)),
-                [check] => Ok(Target::Health(endpoint, Some(check.to_string()))),
-                _ => Err(not_found_path(path)),
-            };
+            return Ok(Target::Health(endpoint.to_string(), check));
         }
         ["api"] => return Ok(Target::ApiVersions),
         ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] => return Ok(Target::OpenApiV2),
@@ -770,7 +766,7 @@ async fn serve<B: Backend>(
             Ok(json_response(StatusCode::OK, &crate::discovery::version()))
         }
         (_, Target::Health(endpoint, check)) => {
-            Ok(crate::health::answer(&api, endpoint, check.as_deref(), parts.uri.query()).await)
+            Ok(crate::health::answer(&api, &endpoint, check.as_deref(), parts.uri.query()).await)
         }
         (Method::GET, Target::ApiVersions) => Ok(discovery_response(&parts.headers, true)),
         (Method::GET, Target::ApiGroups) => Ok(discovery_response(&parts.headers, false)),
