@@ -162,5 +162,11 @@ async fn client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
             "no kubeconfig: pass --kubeconfig FILE (flotilla up writes DIR/admin.kubeconfig)",
         )?,
     };
+    let mut cfg = cfg;
+    // Kubernetes names a change's field manager after the client's User-Agent.
+    cfg.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&format!("flotilla-agent/v{}", env!("CARGO_PKG_VERSION")))?,
+    ));
     Ok(kube::Client::try_from(cfg)?)
 }

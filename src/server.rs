@@ -600,7 +600,8 @@ const SCHEDULER_USER: &str = "system:kube-scheduler";
 
 /// A client of this master's API served in this process: requests go straight to `app` (the
 /// API's router) as `user` in `system:masters`, as if that user's client certificate had
-/// come over TLS, and carry `fence` (a fencing token) if given.
+/// come over TLS, and carry `fence` (a fencing token) if given. Its User-Agent names the
+/// component (`kube-controller-manager/v…`), which names its field manager.
 fn in_process_client(
     app: &axum::Router,
     user: &str,
@@ -616,8 +617,18 @@ fn in_process_client(
             name: user.to_string(),
             groups: vec!["system:masters".to_string()],
         }));
+    // Kubernetes names a change's field manager after the client's User-Agent.
+    let agent = http::HeaderValue::from_str(&format!(
+        "{}/v{}",
+        user.trim_start_matches("system:"),
+        env!("CARGO_PKG_VERSION")
+    ))
+    .map_err(|e| kube::Error::Service(Box::new(e)))?;
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut req: http::Request<kube::client::Body>| {
+            req.headers_mut()
+                .entry(http::header::USER_AGENT)
+                .or_insert_with(|| agent.clone());
             if let Some(fence) = &fence {
                 req.headers_mut().insert(
                     http::HeaderName::from_static(flotilla_apiserver::storage::FENCE_HEADER),

@@ -122,6 +122,69 @@ fn kube_rs_reads_writes_and_watches() {
             Err(kube::Error::Api(e)) => assert_eq!(e.code, 400, "{e:?}"),
             other => panic!("an apply without a field manager must be refused, got {other:?}"),
         }
+        // Another manager's different value for `x` is a conflict until it forces; the
+        // first manager then leaving its data out removes `y` (it alone set it) but not `x`
+        // (the other manager's now).
+        let theirs = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "applied"}, "data": {"x": "7"},
+        });
+        match cms
+            .patch(
+                "applied",
+                &PatchParams::apply("rival"),
+                &Patch::Apply(&theirs),
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"), "{e:?}");
+                assert!(
+                    e.message.contains("conflict with \"flotilla-e2e\""),
+                    "{e:?}"
+                );
+            }
+            other => panic!("expected an apply conflict, got {other:?}"),
+        }
+        let forced = cms
+            .patch(
+                "applied",
+                &PatchParams::apply("rival").force(),
+                &Patch::Apply(&theirs),
+            )
+            .await
+            .unwrap();
+        assert_eq!(forced.data.unwrap()["x"], "7");
+        let mut only_labels = applied.clone();
+        only_labels.as_object_mut().unwrap().remove("data");
+        let trimmed = cms
+            .patch("applied", &ssa, &Patch::Apply(&only_labels))
+            .await
+            .unwrap();
+        let data = trimmed.data.unwrap();
+        assert_eq!(
+            (data.get("x").map(String::as_str), data.get("y")),
+            (Some("7"), None)
+        );
+        let managers: Vec<(String, String)> = trimmed
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                (
+                    m.manager.unwrap_or_default(),
+                    m.operation.unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            managers,
+            [
+                ("flotilla-e2e".into(), "Apply".into()),
+                ("rival".into(), "Apply".into())
+            ]
+        );
         cms.delete("applied", &DeleteParams::default())
             .await
             .unwrap();

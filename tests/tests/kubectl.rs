@@ -108,7 +108,77 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}{.data.b}"]),
             "23"
         );
+        // A second field manager applying another value for a field the first one set is
+        // refused with the field and its manager named, and wins when it forces.
+        let other = write(
+            cluster.dir(),
+            &format!("ssa-other-{version}.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"9\"}\n",
+        );
+        let out = k.run(&[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "-f",
+            &other,
+        ]);
+        assert!(!out.status.success(), "{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "Apply failed with 1 conflict: conflict with \"kubectl\" using v1: .data.a"
+            ) && err.contains("--force-conflicts"),
+            "{err}"
+        );
+        assert_eq!(k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "2");
+        let forced = [
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+        ];
+        k.ok(&[&forced[..], &["-f", &other]].concat());
+        // The first manager drops `b` (it alone set it) and `a` (now the other's): `b` goes,
+        // `a` stays.
+        std::fs::write(
+            &ssa,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {c: \"4\"}\n",
+        )
+        .unwrap();
+        k.ok(&["apply", "--server-side", "-f", &ssa]);
+        assert_eq!(
+            k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data}"]),
+            r#"{"a":"9","c":"4"}"#
+        );
+        let owners = k.ok(&[
+            "get",
+            "cm",
+            "ssa",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}={.fieldsV1}{\"\\n\"}{end}",
+        ]);
+        assert_eq!(
+            owners,
+            "kubectl/Apply={\"f:data\":{\"f:c\":{}}}\nother/Apply={\"f:data\":{\"f:a\":{}}}\n"
+        );
         k.ok(&["delete", "cm", "ssa"]);
+        // Updates are recorded for the manager kubectl names (kubectl-create, -label...).
+        k.ok(&["create", "configmap", "made", "--from-literal=x=1"]);
+        k.ok(&["label", "configmap", "made", "team=a"]);
+        let owners = k.ok(&[
+            "get",
+            "cm",
+            "made",
+            "-o",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation}={.fieldsV1}{\"\\n\"}{end}",
+        ]);
+        assert_eq!(
+            owners,
+            "kubectl-create/Update={\"f:data\":{\"f:x\":{}}}\n\
+             kubectl-label/Update={\"f:metadata\":{\"f:labels\":{\"f:team\":{}}}}\n"
+        );
+        k.ok(&["delete", "cm", "made"]);
 
         // `explain` reads the schemas in the OpenAPI v3 documents.
         let out = k.ok(&["explain", "deployment.spec.replicas"]);

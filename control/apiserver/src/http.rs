@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 
+use crate::managed;
 use crate::objects;
 use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -164,6 +165,8 @@ pub(crate) struct Query {
     dry_run: bool,
     /// Who makes the change (`fieldManager`); server-side apply requires it.
     field_manager: Option<String>,
+    /// Whether a server-side apply takes over fields other managers own (`force`).
+    force: bool,
     strict: bool,
     limit: u64,
     continue_token: Option<String>,
@@ -197,6 +200,7 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
             "continue" if !v.is_empty() => out.continue_token = Some(v.into_owned()),
             "dryRun" => out.dry_run = v == "All",
             "fieldManager" => out.field_manager = Some(v.to_string()),
+            "force" => out.force = v == "true" || v == "1",
             "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
             "includeObject" => {
                 out.include_object = table::Include::parse(&v).map_err(ApiError::BadRequest)?
@@ -756,6 +760,19 @@ async fn serve<B: Backend>(
         return Ok(json_response(StatusCode::CREATED, &answer));
     }
     let table = wants_table(&parts.headers);
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    // Who the change is recorded for in managedFields.
+    let change_by = |res: &Resource, sub: Option<&str>| {
+        managed::Change::new(
+            query.field_manager.as_deref(),
+            user_agent,
+            &res.api_version(),
+            sub,
+        )
+    };
     let target = parse_path(&path)?;
     let method = parts.method.clone();
     if let Some(attrs) = attributes(&method, &target, query.watch) {
@@ -835,7 +852,9 @@ async fn serve<B: Backend>(
         }
         (Method::POST, Target::Collection(res, ns)) => {
             let obj = parse_body(format, &read_body(body).await?)?;
-            let created = create_object(&api, res, ns.as_deref(), obj, &query).await?;
+            let change = change_by(res, None)?;
+            let created =
+                create_object(&api, res, ns.as_deref(), obj, &query, Some(&change)).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::GET, Target::Object(res, Some(ns), name, Some(sub)))
@@ -907,8 +926,9 @@ async fn serve<B: Backend>(
                 {
                     next["metadata"]["resourceVersion"] = rv.clone();
                 }
-                let next =
+                let mut next =
                     objects::prepare_update(res, ns.as_deref(), &name, None, &current, next)?;
+                managed::record_update(Some(&current), &mut next, &change_by(res, Some("scale"))?)?;
                 match api.storage.update(res, ns.as_deref(), &next).await {
                     Err(ApiError::Conflict { .. }) if m == Method::PATCH => continue,
                     other => return Ok(json_response(StatusCode::OK, &scale_of(&other?))),
@@ -988,11 +1008,12 @@ async fn serve<B: Backend>(
         (Method::PUT, Target::Object(res, ns, name, sub)) => {
             let obj = parse_body(format, &read_body(body).await?)?;
             let current = api.storage.get(res, ns.as_deref(), &name).await?;
-            let obj =
+            let mut obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
             if query.strict {
                 crate::validation::strict(res.kind, &obj)?;
             }
+            managed::record_update(Some(&current), &mut obj, &change_by(res, sub.as_deref())?)?;
             if unchanged(&current, &obj) {
                 let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
                 return Ok(json_response(StatusCode::OK, &current));
@@ -1013,21 +1034,33 @@ async fn serve<B: Backend>(
                         .into(),
                 ));
             }
+            if query.force && !apply {
+                return Err(ApiError::BadRequest(
+                    "force is only valid for server-side apply (application/apply-patch+yaml)"
+                        .into(),
+                ));
+            }
+            let change = change_by(res, sub.as_deref())?;
             // Retry on conflicts: a patch applies to whatever is current.
             for _ in 0..5 {
                 let current = match api.storage.get(res, ns.as_deref(), &name).await {
                     // Server-side apply creates what is not there yet.
                     Err(ApiError::NotFound { .. }) if apply && sub.is_none() => {
-                        let obj = applied_object(&name, &patch)?;
-                        match create_object(&api, res, ns.as_deref(), obj, &query).await {
+                        let config = applied_object(&name, &patch)?;
+                        let obj = managed::apply(&Value::Null, &config, &change, query.force)?;
+                        match create_object(&api, res, ns.as_deref(), obj, &query, None).await {
                             Err(ApiError::AlreadyExists { .. }) => continue,
                             other => return Ok(json_response(StatusCode::CREATED, &other?)),
                         }
                     }
                     other => other?,
                 };
-                let patched = objects::apply_patch(&content_type, &current, &patch)?;
-                let obj = objects::prepare_update(
+                let patched = if apply {
+                    managed::apply(&current, &patch, &change, query.force)?
+                } else {
+                    objects::apply_patch(&content_type, &current, &patch)?
+                };
+                let mut obj = objects::prepare_update(
                     res,
                     ns.as_deref(),
                     &name,
@@ -1037,6 +1070,9 @@ async fn serve<B: Backend>(
                 )?;
                 if query.strict {
                     crate::validation::strict(res.kind, &obj)?;
+                }
+                if !apply {
+                    managed::record_update(Some(&current), &mut obj, &change)?;
                 }
                 if unchanged(&current, &obj) {
                     let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
@@ -1703,18 +1739,23 @@ async fn admit_priority<B: Backend>(api: &Api<B>, pod: &mut Value) -> Result<(),
 }
 
 /// Creates `obj` as a new `res` in `ns` through admission (defaults, priority, limit ranges,
-/// validation, quota, Service addresses); a dry run stops before the write.
+/// validation, quota, Service addresses); a dry run stops before the write. `change` is the
+/// create's field manager; `None` when `obj` carries its managedFields already (an apply).
 async fn create_object<B: Backend>(
     api: &Api<B>,
     res: &'static Resource,
     ns: Option<&str>,
     obj: Value,
     query: &Query,
+    change: Option<&managed::Change>,
 ) -> Result<Value, ApiError> {
     if let Some(ns) = ns {
         require_namespace(api, ns).await?;
     }
     let mut obj = objects::prepare_create(res, ns, obj)?;
+    if let Some(change) = change {
+        managed::record_update(None, &mut obj, change)?;
+    }
     if res.kind == "Pod" {
         admit_priority(api, &mut obj).await?;
         if let Some(ns) = ns {

@@ -17,6 +17,7 @@ mod fuzz;
 mod health;
 pub mod http;
 pub mod kinds;
+pub mod managed;
 pub mod node_proxy;
 pub mod objects;
 pub mod openapi;

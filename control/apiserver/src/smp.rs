@@ -10,9 +10,10 @@ use serde_json::{Map, Value};
 
 use crate::status::ApiError;
 
-/// The merge key of list field `field` whose elements look like `sample`, if the built-in
-/// types merge it by key.
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+/// The fields that tell apart the elements of list field `field` (whose elements look like
+/// `sample`), if the built-in types key it (`patchMergeKey`, and server-side apply's
+/// `x-kubernetes-list-map-keys`; the first is the merge key).
+pub(crate) fn list_keys(field: &str, sample: Option<&Value>) -> Option<&'static [&'static str]> {
     let has = |k: &str| sample.and_then(|s| s.get(k)).is_some();
     Some(match field {
         "containers"
@@ -22,19 +23,25 @@ fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
         | "env"
         | "imagePullSecrets"
         | "resourceClaims"
+        | "schedulingGates"
         | "containerStatuses"
-        | "initContainerStatuses" => "name",
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "hostAliases" => "ip",
-        "conditions" => "type",
-        "ownerReferences" => "uid",
-        "readinessGates" => "conditionType",
-        "topologySpreadConstraints" => "topologyKey",
-        "ports" if has("containerPort") => "containerPort",
-        "ports" if has("port") => "port",
+        | "initContainerStatuses" => &["name"],
+        "volumeMounts" => &["mountPath"],
+        "volumeDevices" => &["devicePath"],
+        "hostAliases" => &["ip"],
+        "conditions" => &["type"],
+        "ownerReferences" => &["uid"],
+        "readinessGates" => &["conditionType"],
+        "topologySpreadConstraints" => &["topologyKey", "whenUnsatisfiable"],
+        "ports" if has("containerPort") => &["containerPort", "protocol"],
+        "ports" if has("port") => &["port", "protocol"],
         _ => return None,
     })
+}
+
+/// The merge key of list field `field` whose elements look like `sample`.
+fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+    list_keys(field, sample).map(|keys| keys[0])
 }
 
 /// Primitive lists that merge as sets.

@@ -50,6 +50,9 @@ pub enum ApiError {
         /// The node it is bound to.
         node: String,
     },
+    /// 409: a server-side apply would change fields other field managers own.
+    #[error("{}", apply_conflict_message(.0))]
+    ApplyConflict(Vec<crate::managed::FieldConflict>),
     /// 422: the object is invalid; one cause per bad field.
     #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -103,15 +106,50 @@ pub enum ApiError {
     },
 }
 
+/// What Kubernetes says of a refused apply: `Apply failed with 1 conflict: conflict with
+/// "kubectl-edit" using apps/v1: .spec.replicas`, conflicts grouped by manager when more.
+fn apply_conflict_message(conflicts: &[crate::managed::FieldConflict]) -> String {
+    let n = conflicts.len();
+    let body = match conflicts {
+        [one] => format!(
+            "conflict with {:?} using {}: {}",
+            one.manager, one.api_version, one.field
+        ),
+        _ => {
+            let mut groups: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+            for c in conflicts {
+                match groups
+                    .iter_mut()
+                    .find(|(m, v, _)| *m == c.manager && *v == c.api_version)
+                {
+                    Some(g) => g.2.push(&c.field),
+                    None => groups.push((&c.manager, &c.api_version, vec![&c.field])),
+                }
+            }
+            groups
+                .iter()
+                .map(|(m, v, fields)| {
+                    let list: Vec<String> = fields.iter().map(|f| format!("- {f}")).collect();
+                    format!("conflicts with {m:?} using {v}:\n{}", list.join("\n"))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let plural = if n == 1 { "" } else { "s" };
+    format!("Apply failed with {n} conflict{plural}: {body}")
+}
+
 impl ApiError {
     /// The HTTP status code and the `reason` clients branch on.
     pub fn code_and_reason(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            ApiError::Conflict { .. } | ApiError::Fenced { .. } | ApiError::AlreadyBound { .. } => {
-                (StatusCode::CONFLICT, "Conflict")
-            }
+            ApiError::Conflict { .. }
+            | ApiError::Fenced { .. }
+            | ApiError::AlreadyBound { .. }
+            | ApiError::ApplyConflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::Gone { .. } => (StatusCode::GONE, "Expired"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
@@ -151,6 +189,22 @@ impl ApiError {
                             field: Some(field.clone()),
                             message: Some(message.clone()),
                             reason: Some("FieldValueInvalid".into()),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ApiError::ApplyConflict(conflicts) => Some(StatusDetails {
+                causes: Some(
+                    conflicts
+                        .iter()
+                        .map(|c| StatusCause {
+                            field: Some(c.field.clone()),
+                            message: Some(format!(
+                                "conflict with {:?} using {}",
+                                c.manager, c.api_version
+                            )),
+                            reason: Some("FieldManagerConflict".into()),
                         })
                         .collect(),
                 ),
