@@ -336,6 +336,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     });
 
     let tasks = Tasks::new();
+    let api_metrics = registry.clone();
     tasks.spawn("metrics-endpoint", move |shutdown| {
         metrics::serve(listener, registry, health, shutdown)
     });
@@ -405,6 +406,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     };
     let api = flotilla_apiserver::http::Api::serving(node.clone(), tokens, node_client);
     api.start_caches();
+    api.serve_metrics(flotilla_apiserver::http::MetricsText(std::sync::Arc::new(
+        move || api_metrics.encode(),
+    )));
     tasks.spawn("kubernetes-api", {
         let api = api.clone();
         move |shutdown| async move {

@@ -254,5 +254,71 @@ fn kube_rs_reads_writes_and_watches() {
             .delete("dynamic", &DeleteParams::default())
             .await
             .unwrap();
+
+        // A streaming list (`sendInitialEvents`, kube-rs' `streaming_lists`): the current
+        // objects, the bookmark that ends them (the watcher's InitDone), then changes.
+        let labeled = |name: &str| -> ConfigMap {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": {"via": "stream"}}
+            }))
+            .unwrap()
+        };
+        cms.create(&PostParams::default(), &labeled("stream-a"))
+            .await
+            .unwrap();
+        // kube-rs streams from resourceVersion "0" (any state): a consistent list first makes
+        // sure this master's cache holds the new object.
+        let listed = cms
+            .list(&ListParams::default().labels("via=stream"))
+            .await
+            .unwrap();
+        assert_eq!(listed.items.len(), 1);
+        let mut stream = watcher(
+            cms.clone(),
+            watcher::Config::default()
+                .labels("via=stream")
+                .streaming_lists(),
+        )
+        .boxed();
+        let mut initial = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(e) = stream.try_next().await.unwrap() {
+                match e {
+                    watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
+                    watcher::Event::InitDone => return,
+                    _ => {}
+                }
+            }
+            panic!("the streaming watch ended");
+        })
+        .await
+        .expect("the initial objects and their end within 10 s");
+        assert_eq!(initial, ["stream-a"]);
+        cms.create(&PostParams::default(), &labeled("stream-b"))
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if let Some(watcher::Event::Apply(o)) = stream.try_next().await.unwrap() {
+                    return o.metadata.name.unwrap();
+                }
+            }
+        })
+        .await
+        .expect("a change within 10 s");
+        assert_eq!(next, "stream-b");
+        // Kubernetes' rules for the parameters: a streaming list needs NotOlderThan.
+        let raw = http::Request::get(
+            "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true",
+        )
+        .body(Vec::new())
+        .unwrap();
+        match client.request_text(raw).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"), "{e:?}");
+                assert!(e.message.contains("NotOlderThan"), "{e:?}");
+            }
+            other => panic!("expected 422, got {other:?}"),
+        }
     });
 }

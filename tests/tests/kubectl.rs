@@ -952,6 +952,18 @@ fn rbac_decides_what_a_user_may_do() {
         "{err}"
     );
     assert!(alice.run(&["api-resources"]).status.success());
+    // `/metrics` on the API port: for whom RBAC lets `get` it (admins), 403 for others.
+    let metrics = admin.ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.contains("# TYPE flotilla_raft_term gauge"),
+        "{metrics}"
+    );
+    let out = alice.run(&["get", "--raw", "/metrics"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Forbidden"),
+        "{}",
+        show(&out)
+    );
 
     // A Role bound to alice's group lets her read config maps in default, nothing more.
     admin.ok(&[

@@ -45,6 +45,19 @@ pub struct Api<B> {
     caches: crate::cache::Caches<B>,
     tokens: Option<crate::tokens::TokenSigner>,
     nodes: Option<crate::node_proxy::NodeClient>,
+    /// The process's metrics in Prometheus text form, for `/metrics` (set once by the
+    /// server; without it `/metrics` is 404).
+    metrics: std::sync::OnceLock<MetricsText>,
+}
+
+/// Renders a process's metrics in Prometheus text form.
+#[derive(Clone)]
+pub struct MetricsText(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsText")
+    }
 }
 
 impl<B: Backend> Api<B> {
@@ -72,7 +85,14 @@ impl<B: Backend> Api<B> {
             storage,
             tokens,
             nodes,
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves `text` at `/metrics` (as Kubernetes' API servers do, to users RBAC lets `get`
+    /// that path). Only the first call counts.
+    pub fn serve_metrics(&self, text: MetricsText) {
+        let _ = self.metrics.set(text);
     }
 
     pub(crate) fn node_client(&self) -> Option<&crate::node_proxy::NodeClient> {
@@ -171,6 +191,10 @@ pub(crate) struct Query {
     limit: u64,
     continue_token: Option<String>,
     bookmarks: bool,
+    /// `sendInitialEvents` (a streaming list): whether a watch begins with the current
+    /// objects as ADDED and a bookmark marking their end; unset, only a watch from no
+    /// resourceVersion (or "0") begins with them, without that bookmark.
+    send_initial_events: Option<bool>,
     /// `resourceVersionMatch=Exact`: a list at exactly `resourceVersion`, not a newer one.
     exact: bool,
     /// Whether `resourceVersionMatch` was given at all.
@@ -202,6 +226,7 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
             "fieldManager" => out.field_manager = Some(v.to_string()),
             "force" => out.force = v == "true" || v == "1",
             "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
+            "sendInitialEvents" => out.send_initial_events = Some(v == "true" || v == "1"),
             "includeObject" => {
                 out.include_object = table::Include::parse(&v).map_err(ApiError::BadRequest)?
             }
@@ -228,12 +253,34 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
         }
     }
     // Kubernetes' ListOptions validation.
-    if out.version_match {
-        if out.watch {
+    if out.watch {
+        if out.send_initial_events.is_some() && (!out.version_match || out.exact) {
             return Err(list_options_invalid(
-                "Forbidden: resourceVersionMatch is forbidden for watch".into(),
+                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to \
+                 NotOlderThan"
+                    .into(),
             ));
         }
+        if out.version_match && out.send_initial_events.is_none() {
+            return Err(list_options_invalid(
+                "Forbidden: resourceVersionMatch is forbidden for watch unless \
+                 sendInitialEvents is provided"
+                    .into(),
+            ));
+        }
+        if out.send_initial_events == Some(true) && !out.bookmarks {
+            return Err(list_option_invalid(
+                "allowWatchBookmarks",
+                "Forbidden: sendInitialEvents requires allowWatchBookmarks to be true",
+            ));
+        }
+    } else if out.send_initial_events.is_some() {
+        return Err(list_option_invalid(
+            "sendInitialEvents",
+            "Forbidden: sendInitialEvents is forbidden for list",
+        ));
+    }
+    if out.version_match && !out.watch {
         if out.resource_version.is_empty() {
             return Err(list_options_invalid(
                 "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
@@ -257,10 +304,15 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
 
 /// A 422 about the request's `resourceVersionMatch`, as Kubernetes words it.
 fn list_options_invalid(message: String) -> ApiError {
+    list_option_invalid("resourceVersionMatch", &message)
+}
+
+/// A 422 about list option `field`.
+fn list_option_invalid(field: &str, message: &str) -> ApiError {
     ApiError::Invalid {
         kind: "ListOptions.meta.k8s.io".into(),
         name: String::new(),
-        causes: vec![("resourceVersionMatch".into(), message)],
+        causes: vec![(field.into(), message.into())],
     }
 }
 
@@ -268,6 +320,8 @@ fn list_options_invalid(message: String) -> ApiError {
 #[derive(Debug)]
 pub(crate) enum Target {
     Version,
+    /// `/metrics`: the process's metrics.
+    Metrics,
     /// `healthz`, `livez` or `readyz`, and the one check asked for.
     Health(String, Option<String>),
     ApiVersions,
@@ -291,6 +345,7 @@ pub(crate) fn parse_path(path: &str) -> Result<Target, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Target::Version),
+        ["metrics"] => return Ok(Target::Metrics),
         [endpoint @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
             let check = match rest {
                 [] => None,
@@ -781,6 +836,26 @@ async fn serve<B: Backend>(
     match (method, target) {
         (Method::GET, Target::Version) => {
             Ok(json_response(StatusCode::OK, &crate::discovery::version()))
+        }
+        (Method::GET, Target::Metrics) => {
+            let Some(text) = api.metrics.get() else {
+                return Err(not_found_path(&path));
+            };
+            if !crate::rbac::allows_path(&api.storage, user, "get", "/metrics").await? {
+                return Err(ApiError::Forbidden(format!(
+                    "forbidden: User \"{}\" cannot get path \"/metrics\"",
+                    user.name
+                )));
+            }
+            Ok((
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                (text.0)(),
+            )
+                .into_response())
         }
         (_, Target::Health(endpoint, check)) => {
             Ok(crate::health::answer(&api, &endpoint, check.as_deref(), parts.uri.query()).await)
@@ -2135,8 +2210,9 @@ async fn watch<B: Backend>(
     // History before the store's compaction is gone on every master, whatever a watch
     // cache still holds: such a watch is 410 Expired, and the client relists.
     // As in Kubernetes, that is the watch's one event (an ERROR), not the response's status.
+    // A streaming list from an old revision is a list not older than it: no history needed.
     let compacted = api.storage.compacted_revision();
-    if from > 0 && from < compacted {
+    if from > 0 && from < compacted && q.send_initial_events != Some(true) {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let gone = ApiError::Gone {
             requested: from,
@@ -2147,9 +2223,12 @@ async fn watch<B: Backend>(
             rx,
         )));
     }
+    let initial = q.send_initial_events.unwrap_or(from == 0);
     let min = min_revision(api, q).await?;
     let sub = match api.caches.fresh(res, min).await {
-        Some(cache) => cache.subscribe(ns, (from > 0).then_some(from)),
+        // With the initial objects, the watch starts from a snapshot at least as new as
+        // `min`; without, from `from` (a watch from none starts now: an empty snapshot).
+        Some(cache) => cache.subscribe(ns, (!initial && from > 0).then_some(from)),
         None => None,
     };
     let Some(sub) = sub else {
@@ -2195,11 +2274,15 @@ async fn watch<B: Backend>(
             None => bookmarks.then(|| e.line.clone()),
         }
     };
-    let first: Vec<Bytes> = snapshot
+    let snapshot = if initial { snapshot } else { Vec::new() };
+    let mut first: Vec<Bytes> = snapshot
         .iter()
         .filter_map(|e| line("ADDED", e, None))
         .chain(replay.iter().filter_map(|e| event_line(e)))
         .collect();
+    if q.send_initial_events == Some(true) && bookmarks {
+        first.push(initial_events_end(res, revision));
+    }
     // The response body polls the cache's channel itself: a change wakes the connection's
     // stream task directly, with no task or queue of its own per watcher in between.
     let later = futures::stream::unfold((rx, event_line), move |(mut rx, event_line)| async move {
@@ -2245,6 +2328,20 @@ async fn watch<B: Backend>(
     )))
 }
 
+/// The bookmark that ends a streaming list's initial objects (`sendInitialEvents`), at the
+/// revision they are the state of.
+fn initial_events_end(res: &Resource, revision: u64) -> Bytes {
+    let meta = json!({
+        "kind": res.kind,
+        "apiVersion": res.api_version(),
+        "metadata": {
+            "resourceVersion": revision.to_string(),
+            "annotations": {"k8s.io/initial-events-end": "true"},
+        },
+    });
+    crate::cache::event_line("BOOKMARK", &serde_json::to_vec(&meta).unwrap_or_default())
+}
+
 /// A watch served by the store's own watch (from any revision it still holds).
 async fn watch_store<B: Backend>(
     api: &Api<B>,
@@ -2256,13 +2353,17 @@ async fn watch_store<B: Backend>(
     let from = crate::registry::parse_resource_version(&q.resource_version)
         .map_err(ApiError::BadRequest)?;
     let mut initial = Vec::new();
-    let after = if from == 0 {
+    let after = if q.send_initial_events.unwrap_or(from == 0) {
         let (items, rv) = list(api, res, ns, q).await?;
         initial = items;
         rv
+    } else if from == 0 {
+        api.storage.revision().await?
     } else {
         from
     };
+    let end_of_initial =
+        (q.send_initial_events == Some(true) && q.bookmarks && !table).then_some(after);
     let mut changes = api.storage.watch(res, ns, after);
     let deadline = q
         .timeout_seconds
@@ -2288,6 +2389,11 @@ async fn watch_store<B: Backend>(
     tokio::spawn(async move {
         for obj in &initial {
             if tx.send(Ok(encode("ADDED", obj))).await.is_err() {
+                return;
+            }
+        }
+        if let Some(rv) = end_of_initial {
+            if tx.send(Ok(initial_events_end(res, rv))).await.is_err() {
                 return;
             }
         }
@@ -2321,6 +2427,33 @@ async fn watch_store<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streaming_lists_follow_kubernetes_list_option_rules() {
+        let q = |s: &str| parse_query(Some(s)).map_err(|e| e.to_string());
+        let ok = q(
+            "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan\
+                    &allowWatchBookmarks=true",
+        )
+        .unwrap();
+        assert_eq!(ok.send_initial_events, Some(true));
+        assert!(q("watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan").is_ok());
+        for (query, says) in [
+            ("watch=true&sendInitialEvents=true", "NotOlderThan"),
+            (
+                "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+                "allowWatchBookmarks",
+            ),
+            (
+                "watch=true&resourceVersionMatch=NotOlderThan",
+                "unless sendInitialEvents",
+            ),
+            ("sendInitialEvents=true", "forbidden for list"),
+        ] {
+            let err = q(query).unwrap_err();
+            assert!(err.contains(says), "{query}: {err}");
+        }
+    }
 
     #[test]
     fn paths_name_collections_objects_and_subresources() {
