@@ -619,6 +619,25 @@ fn the_api_refuses_strangers_and_bad_bodies_with_kubernetes_statuses() {
         "application/json",
     );
     assert_eq!(code, "400", "{status}");
+    // A value of the wrong type is refused whatever the field validation, and nothing is
+    // stored (typed clients could not read it back).
+    for validation in ["", "?fieldValidation=Ignore"] {
+        let (code, status) = curl(
+            true,
+            "POST",
+            &format!("{cms}{validation}"),
+            r#"{"metadata":{"name":"typed"},"data":{"a":true}}"#,
+            "application/json",
+        );
+        assert_eq!(code, "400", "{status}");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(r#"ConfigMap in version "v1" cannot be handled as a ConfigMap"#),
+            "{status}"
+        );
+    }
+    let (code, _) = curl(true, "GET", &format!("{cms}/typed"), "", "application/json");
+    assert_eq!(code, "404");
     let (code, _) = curl(
         true,
         "POST",

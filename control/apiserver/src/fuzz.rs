@@ -153,7 +153,7 @@ fn new_objects_of_every_kind_never_panic_defaulting_or_validation() {
             }
             let ns = res.namespaced.then_some("default");
             if let Ok(o) = crate::objects::prepare_create(res, ns, obj) {
-                let _ = crate::validation::strict(res.kind, &o);
+                let _ = crate::validation::check(res.kind, &o, true);
                 let _ = crate::table::table(res.kind, &[o], None, crate::table::Include::Object);
             }
         }

@@ -1085,9 +1085,7 @@ async fn serve<B: Backend>(
             let current = api.storage.get(res, ns.as_deref(), &name).await?;
             let mut obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
-            if query.strict {
-                crate::validation::strict(res.kind, &obj)?;
-            }
+            crate::validation::check(res.kind, &obj, query.strict)?;
             managed::record_update(Some(&current), &mut obj, &change_by(res, sub.as_deref())?)?;
             if unchanged(&current, &obj) {
                 let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
@@ -1143,9 +1141,7 @@ async fn serve<B: Backend>(
                     &current,
                     patched,
                 )?;
-                if query.strict {
-                    crate::validation::strict(res.kind, &obj)?;
-                }
+                crate::validation::check(res.kind, &obj, query.strict)?;
                 if !apply {
                     managed::record_update(Some(&current), &mut obj, &change)?;
                 }
@@ -1837,9 +1833,7 @@ async fn create_object<B: Backend>(
             admit_limit_ranges(api, ns, &mut obj).await?;
         }
     }
-    if query.strict {
-        crate::validation::strict(res.kind, &obj)?;
-    }
+    crate::validation::check(res.kind, &obj, query.strict)?;
     if let Some(ns) = ns {
         admit_quota(api, res, ns, None, &obj, query.dry_run).await?;
     }

@@ -1,7 +1,8 @@
-//! Field validation against the built-in types (`?fieldValidation=Strict`, what kubectl
-//! sends by default): an object is decoded into its `k8s-openapi` type and encoded again;
-//! a field that does not survive the round trip is unknown, and a value of the wrong type
-//! fails the decoding.
+//! Checks against the built-in types. Every written object must decode into its
+//! `k8s-openapi` type (a value of the wrong type is a 400, as Kubernetes cannot handle such
+//! a body either); field validation (`?fieldValidation=Strict`, what kubectl sends by
+//! default) also decodes it and encodes it again: a field that does not survive the round
+//! trip is unknown.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,6 +19,43 @@ impl crate::kinds::Visitor for RoundTrip<'_> {
     fn visit<T: DeserializeOwned + Serialize + schemars::JsonSchema>(self) -> Self::Out {
         let typed: T = serde_json::from_value(self.0.clone()).map_err(|e| e.to_string())?;
         serde_json::to_value(typed).map_err(|e| e.to_string())
+    }
+}
+
+/// Decodes an object into a type, keeping nothing.
+struct Decodes<'a>(&'a Value);
+
+impl crate::kinds::Visitor for Decodes<'_> {
+    type Out = Result<(), String>;
+
+    fn visit<T: DeserializeOwned + Serialize + schemars::JsonSchema>(self) -> Self::Out {
+        T::deserialize(self.0)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What Kubernetes answers for a body that does not decode as its kind.
+fn cannot_handle(kind: &str, obj: &Value, why: &str) -> ApiError {
+    let version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(|v| v.rsplit('/').next().unwrap_or(v))
+        .unwrap_or("");
+    ApiError::BadRequest(format!(
+        "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}"
+    ))
+}
+
+/// Checks that `obj` decodes as its kind and, when `strict`, that it has no unknown fields:
+/// 400 BadRequest naming the wrong type or the unknown fields.
+pub fn check(kind: &str, obj: &Value, strict: bool) -> Result<(), ApiError> {
+    if strict {
+        return self::strict(kind, obj);
+    }
+    match crate::kinds::visit(kind, "", Decodes(obj)) {
+        Some(Err(why)) => Err(cannot_handle(kind, obj, &why)),
+        _ => Ok(()),
     }
 }
 
@@ -55,12 +93,11 @@ fn missing(sent: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 /// Checks `obj` strictly: 400 BadRequest naming unknown fields or a value of the wrong type.
-pub fn strict(kind: &str, obj: &Value) -> Result<(), ApiError> {
+fn strict(kind: &str, obj: &Value) -> Result<(), ApiError> {
     let Some(kept) = typed(kind, obj) else {
         return Ok(());
     };
-    let kept =
-        kept.map_err(|e| ApiError::BadRequest(format!("{kind} in version is invalid: {e}")))?;
+    let kept = kept.map_err(|why| cannot_handle(kind, obj, &why))?;
     let mut unknown = Vec::new();
     missing(obj, &kept, "", &mut unknown);
     if unknown.is_empty() {
@@ -105,5 +142,15 @@ mod tests {
             Err(ApiError::BadRequest(_))
         ));
         strict("Widget", &json!({"anything": 1})).unwrap();
+        // Without field validation unknown fields pass, but a wrong type never does.
+        check("Deployment", &typo, false).unwrap();
+        let err = check("Deployment", &wrong, false).unwrap_err().to_string();
+        assert!(
+            err.starts_with(r#"Deployment in version "v1" cannot be handled as a Deployment: "#),
+            "{err}"
+        );
+        let mut label = good.clone();
+        label["metadata"]["labels"]["a"] = json!(true);
+        assert!(check("Deployment", &label, false).is_err());
     }
 }
