@@ -387,6 +387,29 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             out.contains("Selector:") && out.contains("app=web") && out.contains("Replicas:"),
             "{out}"
         );
+        // Subresources as tables: the scale's own columns, the status as the object's.
+        let out = k.ok(&["-n", &ns, "get", "deployment", "web", "--subresource=scale"]);
+        assert_eq!(
+            out.lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["NAME", "DESIRED", "AVAILABLE"],
+            "{out}"
+        );
+        let out = k.ok(&[
+            "-n",
+            &ns,
+            "get",
+            "deployment",
+            "web",
+            "--subresource=status",
+        ]);
+        assert!(
+            out.starts_with("NAME") && out.contains("UP-TO-DATE"),
+            "{out}"
+        );
 
         // get -w (a table, as users run it) sees a create and a change made meanwhile through
         // other masters.

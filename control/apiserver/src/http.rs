@@ -960,7 +960,14 @@ async fn serve<B: Backend>(
             if sub == "scale" && res.has_scale() =>
         {
             let obj = api.storage.get(res, ns.as_deref(), &name).await?;
-            Ok(json_response(StatusCode::OK, &scale_of(&obj)))
+            let scale = scale_of(&obj);
+            if table {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table("Scale", &[scale], None, query.include_object),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &scale))
         }
         (m @ (Method::PUT | Method::PATCH), Target::Object(res, ns, name, Some(sub)))
             if sub == "scale" && res.has_scale() =>
@@ -1064,13 +1071,10 @@ async fn serve<B: Backend>(
                 }),
             ))
         }
-        (Method::GET, Target::Object(res, ns, name, Some(sub))) if sub == "status" => {
-            Ok(json_response(
-                StatusCode::OK,
-                &api.storage.get(res, ns.as_deref(), &name).await?,
-            ))
-        }
-        (Method::GET, Target::Object(res, ns, name, None)) => {
+        // The status subresource reads the whole object, as Kubernetes' does.
+        (Method::GET, Target::Object(res, ns, name, sub))
+            if sub.is_none() || sub.as_deref() == Some("status") =>
+        {
             let obj = api.storage.get(res, ns.as_deref(), &name).await?;
             if table {
                 return Ok(json_response(

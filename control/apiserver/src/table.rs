@@ -158,6 +158,8 @@ fn columns(kind: &str) -> Vec<Column> {
             wide("ServiceAccounts", "string"),
         ],
         "Lease" => vec![name, col("Holder", "string"), age],
+        // autoscaling/v1 Scale, as `kubectl get --subresource=scale` shows it.
+        "Scale" => vec![name, col("Desired", "integer"), col("Available", "integer")],
         "ResourceQuota" => vec![name, age, col("Request", "string"), col("Limit", "string")],
         "LimitRange" => vec![name, col("Created At", "date")],
         "Job" => vec![
@@ -974,6 +976,17 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, json!(or_none(s(o, "/spec/holderIdentity"))), age],
+        "Scale" => vec![
+            name,
+            json!(o
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)),
+            json!(o
+                .pointer("/status/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)),
+        ],
         "ResourceQuota" => {
             // `name: used/hard` for every limited name, requests and limits apart.
             let hard = o.pointer("/status/hard").and_then(Value::as_object);
