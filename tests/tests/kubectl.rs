@@ -179,35 +179,6 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
              kubectl-label/Update={\"f:metadata\":{\"f:labels\":{\"f:team\":{}}}}\n"
         );
         k.ok(&["delete", "cm", "made"]);
-        // Unknown fields: refused under Strict (the default), dropped with a warning under
-        // Warn, dropped under Ignore; never stored.
-        let extra = write(
-            cluster.dir(),
-            &format!("extra-{version}.yaml"),
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {a: \"1\"}\n\
-             colour: blue\n",
-        );
-        let out = k.run(&["create", "-f", &extra]);
-        assert!(
-            !out.status.success() && show(&out).contains(r#"unknown field "colour""#),
-            "{}",
-            show(&out)
-        );
-        let out = k.run(&["create", "-f", &extra, "--validate=warn"]);
-        assert!(out.status.success(), "{}", show(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(r#"Warning: unknown field "colour""#),
-            "{}",
-            show(&out)
-        );
-        let stored = k.ok(&["get", "cm", "extra", "-o", "json"]);
-        assert!(!stored.contains("colour"), "{stored}");
-        k.ok(&["delete", "cm", "extra"]);
-        k.ok(&["create", "-f", &extra, "--validate=false"]);
-        assert!(!k
-            .ok(&["get", "cm", "extra", "-o", "json"])
-            .contains("colour"));
-        k.ok(&["delete", "cm", "extra"]);
 
         // `explain` reads the schemas in the OpenAPI v3 documents.
         let out = k.ok(&["explain", "deployment.spec.replicas"]);

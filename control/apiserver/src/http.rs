@@ -187,8 +187,7 @@ pub(crate) struct Query {
     field_manager: Option<String>,
     /// Whether a server-side apply takes over fields other managers own (`force`).
     force: bool,
-    /// What to do with fields the object's type does not know (`fieldValidation`).
-    field_validation: crate::validation::Mode,
+    strict: bool,
     limit: u64,
     continue_token: Option<String>,
     bookmarks: bool,
@@ -241,7 +240,15 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
                 )))
                 }
             },
-            "fieldValidation" => out.field_validation = crate::validation::Mode::parse(&v)?,
+            "fieldValidation" => match v.as_ref() {
+                "Strict" => out.strict = true,
+                "Warn" | "Ignore" | "" => {}
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "fieldValidation {other:?} is not one of Strict, Warn, Ignore"
+                    )))
+                }
+            },
             _ => {}
         }
     }
@@ -398,42 +405,7 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("as=Table"))
 }
 
-tokio::task_local! {
-    /// Warnings for the client about the request being served, sent as `Warning` headers.
-    static WARNINGS: std::cell::RefCell<Vec<String>>;
-}
-
-/// Adds warnings to the answer of the request being served (none outside a request).
-fn warn(texts: Vec<String>) {
-    if !texts.is_empty() {
-        let _ = WARNINGS.try_with(|w| w.borrow_mut().extend(texts));
-    }
-}
-
-/// `Warning: 299 - "<text>"` headers, as Kubernetes sends them (kubectl prints each).
-fn add_warnings(response: &mut Response, texts: &[String]) {
-    for text in texts {
-        let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
-        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
-            response.headers_mut().append(header::WARNING, v);
-        }
-    }
-}
-
 async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Response {
-    let warnings = std::cell::RefCell::new(Vec::new());
-    let (mut response, warnings) = WARNINGS
-        .scope(warnings, async move {
-            let response = answer(api, req).await;
-            let texts = WARNINGS.with(|w| w.take());
-            (response, texts)
-        })
-        .await;
-    add_warnings(&mut response, &warnings);
-    response
-}
-
-async fn answer<B: Backend>(api: Arc<Api<B>>, req: Request) -> Response {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -1117,11 +1089,7 @@ async fn serve<B: Backend>(
             let current = api.storage.get(res, ns.as_deref(), &name).await?;
             let mut obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
-            warn(crate::validation::check(
-                res.kind,
-                &mut obj,
-                query.field_validation,
-            )?);
+            crate::validation::check(res.kind, &obj, query.strict)?;
             managed::record_update(Some(&current), &mut obj, &change_by(res, sub.as_deref())?)?;
             if unchanged(&current, &obj) {
                 let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
@@ -1177,11 +1145,7 @@ async fn serve<B: Backend>(
                     &current,
                     patched,
                 )?;
-                warn(crate::validation::check(
-                    res.kind,
-                    &mut obj,
-                    query.field_validation,
-                )?);
+                crate::validation::check(res.kind, &obj, query.strict)?;
                 if !apply {
                     managed::record_update(Some(&current), &mut obj, &change)?;
                 }
@@ -1873,11 +1837,7 @@ async fn create_object<B: Backend>(
             admit_limit_ranges(api, ns, &mut obj).await?;
         }
     }
-    warn(crate::validation::check(
-        res.kind,
-        &mut obj,
-        query.field_validation,
-    )?);
+    crate::validation::check(res.kind, &obj, query.strict)?;
     if let Some(ns) = ns {
         admit_quota(api, res, ns, None, &obj, query.dry_run).await?;
     }
