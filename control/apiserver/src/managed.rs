@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
+use crate::objects::now;
 use crate::status::ApiError;
 
 /// One field path, as fieldsV1 elements.
@@ -506,13 +507,6 @@ fn store_entries(obj: &mut Value, entries: Vec<Entry>) {
             meta.insert("managedFields".into(), Value::Array(list));
         }
     }
-}
-
-fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
 }
 
 /// Gives `change`'s entry for `operation` (made if missing) `fields`. An update moves its

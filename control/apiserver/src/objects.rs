@@ -51,7 +51,8 @@ fn uid() -> String {
     )
 }
 
-fn now() -> String {
+/// Now, to the second, as Kubernetes writes timestamps.
+pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
         .map(|t| t.to_string())
