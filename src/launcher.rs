@@ -228,8 +228,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{} is not valid", members_file.display()))?,
         Err(_) => {
             let fresh = (1..=args.masters)
-                .map(|i| Ok((format!("m{i}"), free_udp_addr()?)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .map(|i| format!("m{i}"))
+                .zip(free_udp_addrs(usize::from(args.masters))?)
+                .collect::<Vec<_>>();
             write_atomically(&members_file, &serde_json::to_vec_pretty(&fresh)?)?;
             fresh
         }
@@ -452,12 +453,19 @@ fn admin_kubeconfig(cluster: &ClusterFile) -> String {
     )
 }
 
-/// A free UDP port on loopback for a member's Raft traffic. The port is released before the
-/// member binds it; another process could take it in between, which `up` then reports as that
-/// member failing to start.
-fn free_udp_addr() -> anyhow::Result<String> {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port")?;
-    Ok(sock.local_addr()?.to_string())
+/// `n` distinct free UDP ports on loopback for the members' Raft traffic. Every socket is held
+/// until all are chosen: a port released at once can be handed out again by the next bind,
+/// which gave two members the same address. The ports are released before the members bind
+/// them; another process could take one in between, which `up` then reports as that member
+/// failing to start.
+fn free_udp_addrs(n: usize) -> anyhow::Result<Vec<String>> {
+    let socks = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").context("finding a free UDP port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    socks
+        .iter()
+        .map(|s| Ok(s.local_addr()?.to_string()))
+        .collect()
 }
 
 /// Starts `cmd` in its own process group with output appended to `log`; returns its pid.
