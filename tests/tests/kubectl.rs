@@ -535,6 +535,33 @@ fn kubectl_1_27_and_1_33_manage_objects_on_any_master() {
             "{}",
             show(&out)
         );
+        // Warn (and Kubernetes' default) drops the field and says so; Ignore drops it quietly.
+        let out = k.run(&["apply", "--validate=warn", "-f", &typo]);
+        assert!(out.status.success(), "{}", show(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(r#"Warning: unknown field "datta""#),
+            "{}",
+            show(&out)
+        );
+        let stored_without_datta = || {
+            let got = k.ok(&[
+                "-n",
+                &ns,
+                "get",
+                "cm",
+                "typo",
+                "-o",
+                "jsonpath={.datta}|{.kind}",
+            ]);
+            assert_eq!(got, "|ConfigMap");
+        };
+        stored_without_datta();
+        k.ok(&["-n", &ns, "delete", "cm", "typo"]);
+        let out = k.run(&["apply", "--validate=false", "-f", &typo]);
+        assert!(out.status.success(), "{}", show(&out));
+        assert!(!show(&out).contains("Warning"), "{}", show(&out));
+        stored_without_datta();
 
         // scale (the autoscaling/v1 Scale subresource) and edit (KUBE_EDITOR).
         k.ok(&["-n", &ns, "scale", "deployment", "app", "--replicas=5"]);

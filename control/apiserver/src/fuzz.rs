@@ -152,8 +152,10 @@ fn new_objects_of_every_kind_never_panic_defaulting_or_validation() {
                 obj["status"] = rng.value(2);
             }
             let ns = res.namespaced.then_some("default");
-            if let Ok(o) = crate::objects::prepare_create(res, ns, obj) {
-                let _ = crate::validation::check(res.kind, &o, true);
+            if let Ok(mut o) = crate::objects::prepare_create(res, ns, obj) {
+                let strict = crate::validation::Mode::Strict;
+                let _ = crate::validation::check(res.kind, &mut o.clone(), strict);
+                let _ = crate::validation::check(res.kind, &mut o, Default::default());
                 let _ = crate::table::table(res.kind, &[o], None, crate::table::Include::Object);
             }
         }

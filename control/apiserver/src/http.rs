@@ -187,7 +187,8 @@ pub(crate) struct Query {
     field_manager: Option<String>,
     /// Whether a server-side apply takes over fields other managers own (`force`).
     force: bool,
-    strict: bool,
+    /// What to do with fields the object's type does not know (`fieldValidation`).
+    field_validation: crate::validation::Mode,
     limit: u64,
     continue_token: Option<String>,
     bookmarks: bool,
@@ -240,15 +241,7 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
                 )))
                 }
             },
-            "fieldValidation" => match v.as_ref() {
-                "Strict" => out.strict = true,
-                "Warn" | "Ignore" | "" => {}
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "fieldValidation {other:?} is not one of Strict, Warn, Ignore"
-                    )))
-                }
-            },
+            "fieldValidation" => out.field_validation = crate::validation::Mode::parse(&v)?,
             _ => {}
         }
     }
@@ -405,7 +398,42 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("as=Table"))
 }
 
+tokio::task_local! {
+    /// Warnings for the client about the request being served, sent as `Warning` headers.
+    static WARNINGS: std::cell::RefCell<Vec<String>>;
+}
+
+/// Adds warnings to the answer of the request being served (none outside a request).
+fn warn(texts: Vec<String>) {
+    if !texts.is_empty() {
+        let _ = WARNINGS.try_with(|w| w.borrow_mut().extend(texts));
+    }
+}
+
+/// `Warning: 299 - "<text>"` headers, as Kubernetes sends them (kubectl prints each).
+fn add_warnings(response: &mut Response, texts: &[String]) {
+    for text in texts {
+        let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+}
+
 async fn handle<B: Backend>(State(api): State<Arc<Api<B>>>, req: Request) -> Response {
+    let warnings = std::cell::RefCell::new(Vec::new());
+    let (mut response, warnings) = WARNINGS
+        .scope(warnings, async move {
+            let response = answer(api, req).await;
+            let texts = WARNINGS.with(|w| w.take());
+            (response, texts)
+        })
+        .await;
+    add_warnings(&mut response, &warnings);
+    response
+}
+
+async fn answer<B: Backend>(api: Arc<Api<B>>, req: Request) -> Response {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -1089,7 +1117,11 @@ async fn serve<B: Backend>(
             let current = api.storage.get(res, ns.as_deref(), &name).await?;
             let mut obj =
                 objects::prepare_update(res, ns.as_deref(), &name, sub.as_deref(), &current, obj)?;
-            crate::validation::check(res.kind, &obj, query.strict)?;
+            warn(crate::validation::check(
+                res.kind,
+                &mut obj,
+                query.field_validation,
+            )?);
             managed::record_update(Some(&current), &mut obj, &change_by(res, sub.as_deref())?)?;
             if unchanged(&current, &obj) {
                 let current = finish_deletion(&api, res, ns.as_deref(), current).await?;
@@ -1145,7 +1177,11 @@ async fn serve<B: Backend>(
                     &current,
                     patched,
                 )?;
-                crate::validation::check(res.kind, &obj, query.strict)?;
+                warn(crate::validation::check(
+                    res.kind,
+                    &mut obj,
+                    query.field_validation,
+                )?);
                 if !apply {
                     managed::record_update(Some(&current), &mut obj, &change)?;
                 }
@@ -1837,7 +1873,11 @@ async fn create_object<B: Backend>(
             admit_limit_ranges(api, ns, &mut obj).await?;
         }
     }
-    crate::validation::check(res.kind, &obj, query.strict)?;
+    warn(crate::validation::check(
+        res.kind,
+        &mut obj,
+        query.field_validation,
+    )?);
     if let Some(ns) = ns {
         admit_quota(api, res, ns, None, &obj, query.dry_run).await?;
     }
