@@ -263,8 +263,13 @@ impl Http2 {
             if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                 bail!("{endpoint} did not offer HTTP/2");
             }
+            // Go's HTTP/2 transport, which client-go uses, grants the server a 1 GiB
+            // connection window and 4 MiB per stream (hyper's defaults are 5 and 2 MiB): a
+            // thousand watches on one connection then never wait for a window update.
             let (send, conn) =
                 hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .initial_connection_window_size(1 << 30)
+                    .initial_stream_window_size(4 << 20)
                     .handshake(hyper_util::rt::TokioIo::new(stream))
                     .await
                     .with_context(|| format!("HTTP/2 handshake with {endpoint}"))?;
