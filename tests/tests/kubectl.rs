@@ -1189,3 +1189,78 @@ fn rbac_decides_what_a_user_may_do() {
         "a refused delete deleted"
     );
 }
+
+/// What `kubectl apply --prune` lists by default (its allow-list names ReplicationControllers,
+/// PersistentVolumes and Claims, and Ingresses) is served; ReplicationControllers run pods.
+#[test]
+fn apply_prune_and_the_legacy_and_storage_kinds_work() {
+    let cluster = LocalCluster::up("prune", &["--masters", "3", "--nodes", "0", "--no-demo"]);
+    let manifest = |with_extras: bool| {
+        let mut docs = vec![
+            "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: legacy, labels: {app: demo}}\n\
+             spec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: legacy}}\n    spec:\n      \
+             containers: [{name: c, image: nginx}]\n",
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data, labels: {app: demo}}\n\
+             spec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv-demo, labels: {app: demo}}\n\
+             spec:\n  capacity: {storage: 5Gi}\n  accessModes: [ReadWriteOnce, ReadOnlyMany]\n  \
+             hostPath: {path: /tmp/pv-demo}\n",
+        ];
+        if with_extras {
+            docs.push(
+                "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, labels: {app: demo}}\n\
+                 spec:\n  rules:\n  - host: example.com\n    http:\n      paths:\n      - path: /\n        \
+                 pathType: Prefix\n        backend: {service: {name: web, port: {number: 80}}}\n",
+            );
+            docs.push("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, labels: {app: demo}}\ndata: {a: b}\n");
+        }
+        docs.join("---\n")
+    };
+    let all = write(cluster.dir(), "all.yaml", &manifest(true));
+    let fewer = write(cluster.dir(), "fewer.yaml", &manifest(false));
+    for version in ["1.27", "1.33"] {
+        let k = Kubectl::new(&cluster, version);
+        k.ok(&["apply", "-f", &all]);
+        let tables = k.ok(&["get", "rc,pvc,pv,ingress"]);
+        for header in [
+            "DESIRED   CURRENT   READY",
+            "STATUS    VOLUME   CAPACITY   ACCESS MODES   STORAGECLASS",
+            "CAPACITY   ACCESS MODES   RECLAIM POLICY   STATUS",
+            "CLASS    HOSTS         ADDRESS   PORTS",
+        ] {
+            assert!(
+                tables.contains(header),
+                "{version}: no {header:?} in\n{tables}"
+            );
+        }
+        assert!(
+            tables.contains("5Gi        RWO,ROX        Retain"),
+            "{tables}"
+        );
+        let out = k.ok(&["apply", "--prune", "-l", "app=demo", "-f", &fewer]);
+        assert!(out.contains("configmap/cfg pruned"), "{version}: {out}");
+        assert!(
+            out.contains("ingress.networking.k8s.io/web pruned"),
+            "{version}: {out}"
+        );
+        let left = k.run(&["get", "cm,ingress", "-l", "app=demo", "-o", "name"]);
+        assert_eq!(String::from_utf8_lossy(&left.stdout), "", "{}", show(&left));
+    }
+    // The ReplicationController keeps its pods (pending: no nodes), scales, and takes them
+    // with it when deleted.
+    let k = Kubectl::new(&cluster, "1.33");
+    let pods = || {
+        k.ok(&["get", "pods", "-l", "app=legacy", "-o", "name"])
+            .lines()
+            .count()
+    };
+    wait_for("the RC's two pods", Duration::from_secs(20), || pods() == 2);
+    k.ok(&["scale", "rc", "legacy", "--replicas=3"]);
+    wait_for("a third pod", Duration::from_secs(20), || {
+        pods() == 3 && k.ok(&["get", "rc", "legacy", "-o", "jsonpath={.status.replicas}"]) == "3"
+    });
+    k.ok(&["delete", "rc", "legacy"]);
+    wait_for("the RC's pods to go", Duration::from_secs(20), || {
+        pods() == 0
+    });
+}

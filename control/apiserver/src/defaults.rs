@@ -155,6 +155,37 @@ pub fn apply(kind: &str, obj: &mut Value) {
             }
             template(obj);
         }
+        "ReplicationController" => {
+            // As Kubernetes: the selector and the controller's labels default to the
+            // template's labels.
+            if let Some(labels) = obj.pointer("/spec/template/metadata/labels").cloned() {
+                for (parent, field) in [("/spec", "selector"), ("/metadata", "labels")] {
+                    if let Some(m) = obj.pointer_mut(parent).and_then(Value::as_object_mut) {
+                        if m.get(field)
+                            .and_then(Value::as_object)
+                            .is_none_or(|l| l.is_empty())
+                        {
+                            m.insert(field.into(), labels.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(spec) = obj.get_mut("spec") {
+                set(spec, "replicas", json!(1));
+            }
+            template(obj);
+        }
+        "PersistentVolumeClaim" | "PersistentVolume" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                set(spec, "volumeMode", json!("Filesystem"));
+                if kind == "PersistentVolume" {
+                    set(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+                }
+            }
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"] = json!({"phase": "Pending"});
+            }
+        }
         "DaemonSet" => {
             if let Some(spec) = obj.get_mut("spec") {
                 set(spec, "revisionHistoryLimit", json!(10));
@@ -214,6 +245,26 @@ pub fn apply(kind: &str, obj: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_controllers_and_volumes_get_kubernetes_defaults() {
+        let mut rc = json!({"metadata": {"name": "rc"}, "spec": {"template": {
+            "metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        apply("ReplicationController", &mut rc);
+        assert_eq!(rc["spec"]["selector"], json!({"app": "x"}));
+        assert_eq!(rc["metadata"]["labels"], json!({"app": "x"}));
+        assert_eq!(rc["spec"]["replicas"], json!(1));
+        let mut kept = json!({"metadata": {"labels": {"own": "1"}}, "spec": {"selector": {"app": "x"},
+            "template": {"metadata": {"labels": {"app": "x", "tier": "t"}}}}});
+        apply("ReplicationController", &mut kept);
+        assert_eq!(kept["spec"]["selector"], json!({"app": "x"}));
+        assert_eq!(kept["metadata"]["labels"], json!({"own": "1"}));
+        let mut pv = json!({"spec": {"capacity": {"storage": "1Gi"}}});
+        apply("PersistentVolume", &mut pv);
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(pv["status"]["phase"], "Pending");
+    }
 
     #[test]
     fn pods_and_templates_get_kubernetes_defaults() {

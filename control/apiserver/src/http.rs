@@ -1283,8 +1283,12 @@ async fn admit_update<B: Backend>(
 
 /// The autoscaling/v1 Scale of a scalable object.
 fn scale_of(obj: &Value) -> Value {
-    // The selector as a label selector string: matchLabels, then matchExpressions.
-    let selector = obj.pointer("/spec/selector");
+    // The selector as a label selector string: matchLabels, then matchExpressions (a
+    // ReplicationController's selector is a map of labels).
+    let rc_selector = (obj["kind"] == "ReplicationController").then(
+        || json!({"matchLabels": obj.pointer("/spec/selector").cloned().unwrap_or_default()}),
+    );
+    let selector = rc_selector.as_ref().or(obj.pointer("/spec/selector"));
     let mut terms: Vec<String> = selector
         .and_then(|s| s.get("matchLabels"))
         .and_then(Value::as_object)

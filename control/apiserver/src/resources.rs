@@ -42,7 +42,10 @@ impl Resource {
 
     /// Whether the resource has a `scale` subresource.
     pub fn has_scale(&self) -> bool {
-        matches!(self.kind, "Deployment" | "ReplicaSet" | "StatefulSet")
+        matches!(
+            self.kind,
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "ReplicationController"
+        )
     }
 
     /// Whether `kubectl get all` lists the resource (Kubernetes' `all` category).
@@ -53,6 +56,7 @@ impl Resource {
                 | "Service"
                 | "Deployment"
                 | "ReplicaSet"
+                | "ReplicationController"
                 | "StatefulSet"
                 | "DaemonSet"
                 | "Job"
@@ -153,6 +157,33 @@ pub const RESOURCES: &[Resource] = &[
         &["limits"],
     ),
     r(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        "replicationcontroller",
+        true,
+        &["rc"],
+    ),
+    r(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        true,
+        &["pvc"],
+    ),
+    r(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        &["pv"],
+    ),
+    r(
         "apps",
         "v1",
         "Deployment",
@@ -223,6 +254,24 @@ pub const RESOURCES: &[Resource] = &[
         "endpointslices",
         "endpointslice",
         true,
+        &[],
+    ),
+    r(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        "ingress",
+        true,
+        &["ing"],
+    ),
+    r(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        "ingressclass",
+        false,
         &[],
     ),
     r(
@@ -362,7 +411,8 @@ mod tests {
         let gvs = group_versions();
         assert_eq!(gvs[0], ("", "v1"));
         assert!(gvs.contains(&("rbac.authorization.k8s.io", "v1")));
-        assert_eq!(gvs.len(), 10);
+        assert_eq!(gvs.len(), 11);
+        assert!(gvs.contains(&("networking.k8s.io", "v1")));
         let metrics = find("metrics.k8s.io", "v1beta1", "pods").unwrap();
         assert_eq!(metrics.store_plural(), "pods.metrics.k8s.io");
         assert_eq!(pods.store_plural(), "pods");

@@ -77,8 +77,14 @@ pub fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> Result<(),
         return Ok(());
     };
     match res.kind {
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
-            let selector = spec.get("selector").cloned().unwrap_or(Value::Null);
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "ReplicationController" => {
+            let selector = match spec.get("selector").cloned() {
+                // A ReplicationController's selector is a map of labels.
+                Some(labels) if res.kind == "ReplicationController" => {
+                    serde_json::json!({"matchLabels": labels})
+                }
+                other => other.unwrap_or(Value::Null),
+            };
             let empty = serde_json::Map::new();
             let labels = spec
                 .pointer("/template/metadata/labels")
@@ -108,7 +114,8 @@ pub fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> Result<(),
                 ));
             }
             if let Some(old) = current.and_then(|c| c.get("spec")) {
-                if res.kind != "StatefulSet" && old.get("selector") != spec.get("selector") {
+                let mutable = matches!(res.kind, "StatefulSet" | "ReplicationController");
+                if !mutable && old.get("selector") != spec.get("selector") {
                     return Err(invalid(
                         res,
                         name,

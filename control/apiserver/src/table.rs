@@ -108,7 +108,7 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Revision", "integer"),
             age,
         ],
-        "ReplicaSet" => vec![
+        "ReplicaSet" | "ReplicationController" => vec![
             name,
             col("Desired", "integer"),
             col("Current", "integer"),
@@ -158,6 +158,44 @@ fn columns(kind: &str) -> Vec<Column> {
             wide("ServiceAccounts", "string"),
         ],
         "Lease" => vec![name, col("Holder", "string"), age],
+        "PersistentVolumeClaim" => vec![
+            name,
+            col("Status", "string"),
+            col("Volume", "string"),
+            col("Capacity", "string"),
+            col("Access Modes", "string"),
+            col("StorageClass", "string"),
+            col("VolumeAttributesClass", "string"),
+            age,
+            wide("VolumeMode", "string"),
+        ],
+        "PersistentVolume" => vec![
+            name,
+            col("Capacity", "string"),
+            col("Access Modes", "string"),
+            col("Reclaim Policy", "string"),
+            col("Status", "string"),
+            col("Claim", "string"),
+            col("StorageClass", "string"),
+            col("VolumeAttributesClass", "string"),
+            col("Reason", "string"),
+            age,
+            wide("VolumeMode", "string"),
+        ],
+        "Ingress" => vec![
+            name,
+            col("Class", "string"),
+            col("Hosts", "string"),
+            col("Address", "string"),
+            col("Ports", "string"),
+            age,
+        ],
+        "IngressClass" => vec![
+            name,
+            col("Controller", "string"),
+            col("Parameters", "string"),
+            age,
+        ],
         // autoscaling/v1 Scale, as `kubectl get --subresource=scale` shows it.
         "Scale" => vec![name, col("Desired", "integer"), col("Available", "integer")],
         "ResourceQuota" => vec![name, age, col("Request", "string"), col("Limit", "string")],
@@ -280,6 +318,33 @@ fn s(v: &Value, p: &str) -> String {
 
 fn n(v: &Value, p: &str) -> i64 {
     v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// `<unset>` for an empty value, as kubectl shows an unset class.
+fn unset(x: String) -> String {
+    if x.is_empty() {
+        "<unset>".into()
+    } else {
+        x
+    }
+}
+
+/// Access modes as kubectl abbreviates them: `RWO,ROX,RWX,RWOP`.
+fn access_modes(modes: Option<&Value>) -> String {
+    modes
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn or_none(x: String) -> String {
@@ -750,20 +815,117 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .unwrap_or_default();
             vec![name, json!(or_none(owner)), json!(n(o, "/revision")), age]
         }
-        "ReplicaSet" => vec![
+        "ReplicaSet" | "ReplicationController" => {
+            let selector = match o.pointer("/spec/selector") {
+                Some(labels) if kind == "ReplicationController" => {
+                    json!({"matchLabels": labels})
+                }
+                other => other.cloned().unwrap_or_default(),
+            };
+            vec![
+                name,
+                json!(o
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)),
+                json!(n(o, "/status/replicas")),
+                json!(n(o, "/status/readyReplicas")),
+                age,
+            ]
+            .into_iter()
+            .chain(containers_and_images(o, "/spec/template/spec"))
+            .chain([json!(format_selector(Some(&selector)))])
+            .collect()
+        }
+        "PersistentVolumeClaim" => vec![
             name,
-            json!(o
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(1)),
-            json!(n(o, "/status/replicas")),
-            json!(n(o, "/status/readyReplicas")),
+            json!(s(o, "/status/phase")),
+            json!(s(o, "/spec/volumeName")),
+            json!(s(o, "/status/capacity/storage")),
+            json!(access_modes(o.pointer("/status/accessModes"))),
+            json!(s(o, "/spec/storageClassName")),
+            json!(unset(s(o, "/spec/volumeAttributesClassName"))),
             age,
-        ]
-        .into_iter()
-        .chain(containers_and_images(o, "/spec/template/spec"))
-        .chain([json!(format_selector(o.pointer("/spec/selector")))])
-        .collect(),
+            json!(s(o, "/spec/volumeMode")),
+        ],
+        "PersistentVolume" => {
+            let claim = match (
+                s(o, "/spec/claimRef/namespace"),
+                s(o, "/spec/claimRef/name"),
+            ) {
+                (_, n) if n.is_empty() => String::new(),
+                (ns, n) => format!("{ns}/{n}"),
+            };
+            vec![
+                name,
+                json!(s(o, "/spec/capacity/storage")),
+                json!(access_modes(o.pointer("/spec/accessModes"))),
+                json!(s(o, "/spec/persistentVolumeReclaimPolicy")),
+                json!(s(o, "/status/phase")),
+                json!(claim),
+                json!(s(o, "/spec/storageClassName")),
+                json!(unset(s(o, "/spec/volumeAttributesClassName"))),
+                json!(s(o, "/status/reason")),
+                age,
+                json!(s(o, "/spec/volumeMode")),
+            ]
+        }
+        "Ingress" => {
+            let list = |p: &str| {
+                o.pointer(p)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let mut hosts: Vec<String> = list("/spec/rules")
+                .iter()
+                .filter_map(|r| r["host"].as_str().map(str::to_string))
+                .collect();
+            if hosts.is_empty() {
+                hosts.push("*".into());
+            }
+            let address: Vec<String> = list("/status/loadBalancer/ingress")
+                .iter()
+                .filter_map(|i| {
+                    i["ip"]
+                        .as_str()
+                        .or(i["hostname"].as_str())
+                        .map(str::to_string)
+                })
+                .collect();
+            let ports = if list("/spec/tls").is_empty() {
+                "80"
+            } else {
+                "80, 443"
+            };
+            vec![
+                name,
+                json!(or_none(s(o, "/spec/ingressClassName"))),
+                json!(hosts.join(",")),
+                json!(address.join(",")),
+                json!(ports),
+                age,
+            ]
+        }
+        "IngressClass" => {
+            let params = match (s(o, "/spec/parameters/kind"), s(o, "/spec/parameters/name")) {
+                (k, n) if !k.is_empty() && !n.is_empty() => {
+                    let group = s(o, "/spec/parameters/apiGroup");
+                    if group.is_empty() {
+                        format!("{k}/{n}")
+                    } else {
+                        format!("{k}.{group}/{n}")
+                    }
+                }
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(s(o, "/spec/controller")),
+                json!(or_none(params)),
+                age,
+            ]
+        }
         "Service" => {
             let ports = o
                 .pointer("/spec/ports")

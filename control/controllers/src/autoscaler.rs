@@ -293,6 +293,7 @@ fn target_api(
     let plural = match kind {
         "Deployment" => "deployments",
         "ReplicaSet" => "replicasets",
+        "ReplicationController" => "replicationcontrollers",
         "StatefulSet" => "statefulsets",
         _ => return None,
     };

@@ -12,7 +12,8 @@
 //!   left.
 //!
 //! Dependents are pods, ReplicaSets, Jobs, ControllerRevisions and EndpointSlices (the
-//! objects Flotilla's controllers create with owner references).
+//! objects Flotilla's controllers create with owner references); owners whose deletion is
+//! watched are the workloads (ReplicationControllers included) and Services.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,6 +41,7 @@ const DEPENDENTS: &[(&str, &str, &str, &str)] = &[
 fn plural_of(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "ReplicaSet" => "replicasets",
+        "ReplicationController" => "replicationcontrollers",
         "Deployment" => "deployments",
         "StatefulSet" => "statefulsets",
         "DaemonSet" => "daemonsets",
@@ -402,8 +404,13 @@ pub async fn run(client: kube::Client) {
         Api::<k8s_openapi::api::batch::v1::CronJob>::all(client.clone()),
         "batch/v1",
     );
+    let rcs = owner_events(
+        Api::<k8s_openapi::api::core::v1::ReplicationController>::all(client.clone()),
+        "v1",
+    );
     let mut seen = futures::stream::select_all([
         rs,
+        rcs,
         deploys,
         services,
         daemonsets,

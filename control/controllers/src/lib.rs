@@ -76,6 +76,7 @@ pub async fn run(
             tokio::select! {
                 _ = serviceaccounts::run(lead.client.clone()) => {}
                 _ = replicaset::run(lead.client.clone()) => {}
+                _ = replicaset::run_replication_controllers(lead.client.clone()) => {}
                 _ = deployment::run(lead.client.clone()) => {}
                 _ = daemonset::run(lead.client.clone()) => {}
                 _ = job::run(lead.client.clone()) => {}

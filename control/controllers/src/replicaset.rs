@@ -1,4 +1,5 @@
-//! The ReplicaSet controller: keeps `spec.replicas` pods matching the selector.
+//! The ReplicaSet controller: keeps `spec.replicas` pods matching the selector. It runs
+//! ReplicationControllers too, as the ReplicaSets they are equivalent to.
 //!
 //! The decision is a pure function ([`plan`]) of the ReplicaSet and the pods of its namespace:
 //! which orphans to adopt (they match, have no controller), which owned pods to release (they
@@ -11,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -180,9 +181,15 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod]) -> Plan {
 
 /// The owner reference a ReplicaSet puts on its pods.
 pub fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
+    owner_of("apps/v1", "ReplicaSet", rs)
+}
+
+/// The owner reference to `rs` as a `kind` object (a ReplicationController is planned as a
+/// ReplicaSet).
+fn owner_of(api_version: &str, kind: &str, rs: &ReplicaSet) -> OwnerReference {
     OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
         name: rs.metadata.name.clone().unwrap_or_default(),
         uid: rs.metadata.uid.clone().unwrap_or_default(),
         controller: Some(true),
@@ -192,13 +199,17 @@ pub fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
 
 /// A new pod from `rs`'s template.
 pub fn new_pod(rs: &ReplicaSet) -> Pod {
+    new_pod_of(rs, owner_ref(rs))
+}
+
+fn new_pod_of(rs: &ReplicaSet, owner: OwnerReference) -> Pod {
     let name = rs.metadata.name.clone().unwrap_or_default();
     let template = rs
         .spec
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
-    pod_from_template(template, &name, owner_ref(rs))
+    pod_from_template(template, &name, owner)
 }
 
 /// A pod from a workload's `template`, named `<owner>-<random>`, controlled by `owner`.
@@ -223,18 +234,36 @@ async fn reconcile(
     rs: Arc<ReplicaSet>,
     client: Arc<kube::Client>,
 ) -> Result<Action, crate::runner::Error> {
+    converge::<ReplicaSet>(&rs, "apps/v1", &client).await
+}
+
+/// Brings the pods of `rs` — a ReplicaSet, or a `K` seen as one — to its plan and records the
+/// status on the `K` object; `api_version` is `K`'s, for the pods' owner references.
+async fn converge<K>(
+    rs: &ReplicaSet,
+    api_version: &str,
+    client: &kube::Client,
+) -> Result<Action, crate::runner::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let (Some(ns), Some(name)) = (
         rs.metadata.namespace.as_deref(),
         rs.metadata.name.as_deref(),
     ) else {
         return Ok(Action::await_change());
     };
-    let pods: Api<Pod> = Api::namespaced((*client).clone(), ns);
+    let kind = K::kind(&());
+    let owner = owner_of(api_version, &kind, rs);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let all = pods.list(&ListParams::default()).await?.items;
-    let p = plan(&rs, &all);
+    let p = plan(rs, &all);
     let pp = PatchParams::default();
     for pod in &p.adopt {
-        let patch = json!({"metadata": {"ownerReferences": [owner_ref(&rs)]}});
+        let patch = json!({"metadata": {"ownerReferences": [owner]}});
         ignore_gone(pods.patch(pod, &pp, &Patch::Merge(&patch)).await)?;
     }
     for pod in &p.release {
@@ -242,24 +271,62 @@ async fn reconcile(
         ignore_gone(pods.patch(pod, &pp, &Patch::Merge(&patch)).await)?;
     }
     for _ in 0..p.create {
-        pods.create(&PostParams::default(), &new_pod(&rs)).await?;
+        pods.create(&PostParams::default(), &new_pod_of(rs, owner.clone()))
+            .await?;
     }
     for pod in &p.delete {
         ignore_gone(pods.delete(pod, &DeleteParams::default()).await.map(|_| ()))?;
     }
     if p.create > 0 || !p.delete.is_empty() {
         tracing::info!(
-            replicaset = name,
+            kind = %kind,
+            name,
             namespace = ns,
             created = p.create,
             deleted = p.delete.len(),
-            "replicaset: scaled"
+            "replica set: scaled"
         );
     }
-    let sets: Api<ReplicaSet> = Api::namespaced((*client).clone(), ns);
+    let sets: Api<K> = Api::namespaced(client.clone(), ns);
     let status = json!({"status": p.status});
     ignore_gone(sets.patch_status(name, &pp, &Patch::Merge(&status)).await)?;
     Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// A ReplicationController as the ReplicaSet it is equivalent to: its selector, a map of
+/// labels, as `matchLabels`.
+pub fn as_replica_set(rc: &ReplicationController) -> ReplicaSet {
+    ReplicaSet {
+        metadata: rc.metadata.clone(),
+        spec: rc.spec.as_ref().map(|s| ReplicaSetSpec {
+            replicas: s.replicas,
+            min_ready_seconds: s.min_ready_seconds,
+            selector: LabelSelector {
+                match_labels: s.selector.clone(),
+                match_expressions: None,
+            },
+            template: s.template.clone(),
+        }),
+        status: None,
+    }
+}
+
+async fn reconcile_rc(
+    rc: Arc<ReplicationController>,
+    client: Arc<kube::Client>,
+) -> Result<Action, crate::runner::Error> {
+    converge::<ReplicationController>(&as_replica_set(&rc), "v1", &client).await
+}
+
+/// Runs the ReplicationController controller (the same plan) until its streams end.
+pub async fn run_replication_controllers(client: kube::Client) {
+    crate::runner::run_adopting::<ReplicationController, _, _>(
+        client,
+        "replicationcontroller",
+        |rc| Some(as_replica_set(rc).spec?.selector),
+        reconcile_rc,
+    )
+    .await;
 }
 
 /// A 404 (the object went meanwhile) is not an error for a reconciler.
@@ -276,7 +343,7 @@ pub async fn run(client: kube::Client) {
     crate::runner::run_adopting::<ReplicaSet, _, _>(
         client,
         "replicaset",
-        |rs| rs.spec.as_ref().map(|s| &s.selector),
+        |rs| rs.spec.as_ref().map(|s| s.selector.clone()),
         reconcile,
     )
     .await;

@@ -73,7 +73,7 @@ where
 pub async fn run_adopting<K, F, Fut>(
     client: kube::Client,
     what: &'static str,
-    selector_of: fn(&K) -> Option<&LabelSelector>,
+    selector_of: fn(&K) -> Option<LabelSelector>,
     reconcile: F,
 ) where
     K: Watched,
@@ -109,7 +109,7 @@ pub async fn run_adopting<K, F, Fut>(
                     .iter()
                     .filter(|k| k.namespace().as_deref() == Some(ns.as_str()))
                     .filter(|k| {
-                        selector_of(k).is_some_and(|s| crate::replicaset::selects(s, &labels))
+                        selector_of(k).is_some_and(|s| crate::replicaset::selects(&s, &labels))
                     })
                     .map(|k| ObjectRef::from_obj(k.as_ref()))
                     .collect()

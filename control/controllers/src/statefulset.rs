@@ -410,7 +410,7 @@ pub async fn run(client: kube::Client) {
     crate::runner::run_adopting::<StatefulSet, _, _>(
         client,
         "statefulset",
-        |sts| sts.spec.as_ref().map(|s| &s.selector),
+        |sts| sts.spec.as_ref().map(|s| s.selector.clone()),
         reconcile,
     )
     .await;
