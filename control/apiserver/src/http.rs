@@ -1283,40 +1283,10 @@ async fn admit_update<B: Backend>(
 
 /// The autoscaling/v1 Scale of a scalable object.
 fn scale_of(obj: &Value) -> Value {
-    // The selector as a label selector string: matchLabels, then matchExpressions (a
-    // ReplicationController's selector is a map of labels).
-    let rc_selector = (obj["kind"] == "ReplicationController").then(
-        || json!({"matchLabels": obj.pointer("/spec/selector").cloned().unwrap_or_default()}),
-    );
-    let selector = rc_selector.as_ref().or(obj.pointer("/spec/selector"));
-    let mut terms: Vec<String> = selector
-        .and_then(|s| s.get("matchLabels"))
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    for e in selector
-        .and_then(|s| s.get("matchExpressions"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = e["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> = e["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        terms.push(match e["operator"].as_str() {
-            Some("In") => format!("{key} in ({})", values.join(",")),
-            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
-            Some("DoesNotExist") => format!("!{key}"),
-            _ => key.to_string(),
-        });
-    }
-    let labels = terms.join(",");
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let labels = crate::selectors::spec_selector(obj, kind)
+        .map(|s| crate::selectors::selector_string(&s))
+        .unwrap_or_default();
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

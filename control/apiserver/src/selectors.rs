@@ -8,6 +8,58 @@ use serde_json::Value;
 
 use crate::status::ApiError;
 
+/// A workload's `spec.selector` as a `metav1.LabelSelector`: a ReplicationController's is a
+/// bare map of labels, everyone else's already is one.
+pub fn spec_selector(obj: &Value, kind: &str) -> Option<Value> {
+    let selector = obj.pointer("/spec/selector")?;
+    Some(if kind == "ReplicationController" {
+        serde_json::json!({ "matchLabels": selector })
+    } else {
+        selector.clone()
+    })
+}
+
+/// A `metav1.LabelSelector` (as JSON) written as Kubernetes writes one (`kubectl get -o wide`,
+/// a Scale's `status.selector`): requirements sorted by key, `k=v`, `k in (a,b)`,
+/// `k notin (a,b)`, `k`, `!k`; empty when it has none.
+pub fn selector_string(selector: &Value) -> String {
+    let mut reqs: Vec<(String, String)> = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())))
+        .collect();
+    for e in selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e["key"].as_str().unwrap_or_default();
+        let mut values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        values.sort_unstable();
+        let text = match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other}"),
+        };
+        reqs.push((key.to_string(), text));
+    }
+    reqs.sort();
+    reqs.into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
     Equals(String, String),
@@ -163,6 +215,28 @@ impl FieldSelector {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn workload_selectors_are_written_as_kubernetes_does() {
+        let rc = json!({"kind": "ReplicationController",
+                        "spec": {"selector": {"tier": "front", "app": "web"}}});
+        let sel = spec_selector(&rc, "ReplicationController").unwrap();
+        assert_eq!(sel, json!({"matchLabels": {"tier": "front", "app": "web"}}));
+        assert_eq!(selector_string(&sel), "app=web,tier=front");
+        let rs = json!({"spec": {"selector": {
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "env", "operator": "NotIn", "values": ["prod", "dev"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+                {"key": "zone", "operator": "Exists"}]}}});
+        let sel = spec_selector(&rs, "ReplicaSet").unwrap();
+        assert_eq!(
+            selector_string(&sel),
+            "app=web,!canary,env notin (dev,prod),zone"
+        );
+        assert_eq!(spec_selector(&json!({"spec": {}}), "ReplicaSet"), None);
+        assert_eq!(selector_string(&json!({})), "");
+    }
 
     #[test]
     fn label_selectors_of_every_form() {

@@ -78,13 +78,7 @@ pub fn check(res: &Resource, obj: &Value, current: Option<&Value>) -> Result<(),
     };
     match res.kind {
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "ReplicationController" => {
-            let selector = match spec.get("selector").cloned() {
-                // A ReplicationController's selector is a map of labels.
-                Some(labels) if res.kind == "ReplicationController" => {
-                    serde_json::json!({"matchLabels": labels})
-                }
-                other => other.unwrap_or(Value::Null),
-            };
+            let selector = crate::selectors::spec_selector(obj, res.kind).unwrap_or_default();
             let empty = serde_json::Map::new();
             let labels = spec
                 .pointer("/template/metadata/labels")

@@ -415,48 +415,12 @@ fn since(obj: &Value, pointer: &str, now: jiff::Timestamp) -> String {
     )
 }
 
-/// A label selector as Kubernetes prints one: requirements sorted by key, `k=v`, `k!=v`,
-/// `k in (a,b)`, `k notin (a,b)`, `k`, `!k`; `<none>` when empty.
+/// A label selector as Kubernetes prints one in a table; `<none>` when empty or absent.
 fn format_selector(selector: Option<&Value>) -> String {
-    let Some(sel) = selector else {
-        return "<none>".into();
-    };
-    let mut reqs: Vec<(String, String)> = sel
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())))
-        .collect();
-    for e in sel
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = e["key"].as_str().unwrap_or_default();
-        let mut values: Vec<&str> = e["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        values.sort_unstable();
-        let text = match e["operator"].as_str().unwrap_or_default() {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_string(),
-            "DoesNotExist" => format!("!{key}"),
-            other => format!("{key} {other}"),
-        };
-        reqs.push((key.to_string(), text));
-    }
-    reqs.sort();
     or_none(
-        reqs.into_iter()
-            .map(|(_, t)| t)
-            .collect::<Vec<_>>()
-            .join(","),
+        selector
+            .map(crate::selectors::selector_string)
+            .unwrap_or_default(),
     )
 }
 
@@ -816,12 +780,7 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             vec![name, json!(or_none(owner)), json!(n(o, "/revision")), age]
         }
         "ReplicaSet" | "ReplicationController" => {
-            let selector = match o.pointer("/spec/selector") {
-                Some(labels) if kind == "ReplicationController" => {
-                    json!({"matchLabels": labels})
-                }
-                other => other.cloned().unwrap_or_default(),
-            };
+            let selector = crate::selectors::spec_selector(o, kind);
             vec![
                 name,
                 json!(o
@@ -834,7 +793,7 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             ]
             .into_iter()
             .chain(containers_and_images(o, "/spec/template/spec"))
-            .chain([json!(format_selector(Some(&selector)))])
+            .chain([json!(format_selector(selector.as_ref()))])
             .collect()
         }
         "PersistentVolumeClaim" => vec![
