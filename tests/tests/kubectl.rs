@@ -1158,6 +1158,12 @@ fn rbac_decides_what_a_user_may_do() {
             "no"
         );
         assert_eq!(can(&admin, &["delete", "nodes"]), "yes");
+        // 1.27 asks authentication.k8s.io/v1beta1, 1.33 v1.
+        let me = alice.ok(&["auth", "whoami"]);
+        assert!(
+            me.contains("alice") && me.contains("devs"),
+            "{version}: {me}"
+        );
         let list = alice.ok(&["auth", "can-i", "--list"]);
         assert!(
             list.lines().any(|l| l.starts_with("configmaps ")

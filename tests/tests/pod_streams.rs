@@ -3,8 +3,8 @@
 //!
 //! Simulated nodes run no processes: a container's log holds what the simulation did with it
 //! (started, stopped), written in the CRI's log layout and read back with the `pods/log`
-//! options; exec reaches the agent (a WebSocket upgrade proxied by the API server) and gets a
-//! Status that says no command can run there.
+//! options; exec reaches the agent (a WebSocket or SPDY upgrade proxied by the API server) and
+//! gets a Status that says no command can run there.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -80,16 +80,112 @@ fn logs_exec_and_eviction_reach_the_node_agent() {
         "{err}"
     );
 
-    // Exec: kubectl 1.33 speaks WebSocket (upgraded through the API server to the agent, which
-    // answers on the error channel); kubectl 1.27 speaks SPDY, which the agent refuses.
-    let err = kubectl_fails(&cluster, "1.33", &["exec", "web", "--", "echo", "hi"]);
-    assert!(
-        err.contains("cannot run commands in container \"web\" of pod \"default/web\": it runs on a simulated node"),
-        "{err}"
+    // Exec: kubectl 1.33 speaks WebSocket, kubectl 1.27 SPDY/3.1 (with and without stdin);
+    // either way the upgrade goes through the API server to the agent, which answers on the
+    // error channel.
+    let said = "cannot run commands in container \"web\" of pod \"default/web\": it runs on a \
+                simulated node";
+    for (version, args) in [
+        ("1.33", &["exec", "web", "--", "echo", "hi"][..]),
+        ("1.27", &["exec", "web", "--", "echo", "hi"][..]),
+        ("1.27", &["exec", "-i", "web", "--", "cat"][..]),
+    ] {
+        let err = kubectl_fails(&cluster, version, args);
+        assert!(err.contains(said), "{version} {args:?}: {err}");
+    }
+
+    // `kubectl debug` adds an ephemeral container through `pods/ephemeralcontainers` (a
+    // strategic merge patch), which the simulated node then reports running.
+    for version in ["1.27", "1.33"] {
+        let out = kubectl_ok(
+            &cluster,
+            version,
+            &[
+                "debug",
+                "web",
+                "--image=busybox",
+                &format!("--container=dbg{}", &version[2..]),
+                "--",
+                "true",
+            ],
+        );
+        assert_eq!(out, "", "{version}");
+    }
+    wait_for(
+        "ephemeral containers running",
+        Duration::from_secs(30),
+        || {
+            kubectl_ok(
+                &cluster,
+                "1.33",
+                &[
+                    "get",
+                    "pod",
+                    "web",
+                    "-o",
+                    "jsonpath={.status.ephemeralContainerStatuses[*].state.running}",
+                ],
+            )
+            .matches("startedAt")
+            .count()
+                == 2
+        },
     );
-    let err = kubectl_fails(&cluster, "1.27", &["exec", "web", "--", "echo", "hi"]);
-    assert!(err.contains("it runs on a simulated node"), "{err}");
-    assert!(err.contains("not SPDY"), "{err}");
+    let names = kubectl_ok(
+        &cluster,
+        "1.33",
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.spec.ephemeralContainers[*].name}",
+        ],
+    );
+    assert_eq!(names, "dbg27 dbg33");
+    // Once added, an ephemeral container stays as it is: a patch that drops one is a 422.
+    let server = kubectl_ok(
+        &cluster,
+        "1.33",
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    );
+    let [ca, cert, key] = cluster.admin_pki();
+    let patch = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/merge-patch+json",
+        ])
+        .arg("--cacert")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "--data",
+            r#"{"spec":{"ephemeralContainers":[{"name":"x","image":"busybox"}]}}"#,
+        ])
+        .arg(format!(
+            "{server}/api/v1/namespaces/default/pods/web/ephemeralcontainers"
+        ))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&patch.stdout);
+    assert!(
+        body.contains("\"code\":422")
+            && body.contains("existing ephemeral containers \\\"dbg27\\\" may not be changed"),
+        "{}",
+        show(&patch)
+    );
 
     // The agent's endpoint serves the API servers only: the admin's certificate is refused.
     let port = kubectl_ok(
@@ -103,7 +199,6 @@ fn logs_exec_and_eviction_reach_the_node_agent() {
             "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
         ],
     );
-    let [ca, cert, key] = cluster.admin_pki();
     let direct = Command::new("curl")
         .args(["-sS", "--cacert"])
         .arg(&ca)

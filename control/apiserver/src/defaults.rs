@@ -20,7 +20,7 @@ fn pull_policy(image: &str) -> &'static str {
     }
 }
 
-fn containers(list: Option<&mut Value>) {
+pub(crate) fn containers(list: Option<&mut Value>) {
     for c in list.and_then(Value::as_array_mut).into_iter().flatten() {
         let image = c
             .get("image")
@@ -74,6 +74,7 @@ pub fn pod_spec(spec: &mut Value) {
     }
     containers(spec.get_mut("containers"));
     containers(spec.get_mut("initContainers"));
+    containers(spec.get_mut("ephemeralContainers"));
 }
 
 /// The DefaultTolerationSeconds admission of Kubernetes: a pod tolerates its node being

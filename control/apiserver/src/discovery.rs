@@ -116,6 +116,11 @@ fn subresources(r: &Resource) -> Vec<Subresource> {
             out.push(core("log", "Pod", &["get"]));
             out.push(core("exec", "PodExecOptions", &["create", "get"]));
             out.push(core("attach", "PodAttachOptions", &["create", "get"]));
+            out.push(core(
+                "ephemeralcontainers",
+                "Pod",
+                &["get", "patch", "update"],
+            ));
             out.push(Subresource {
                 name: "eviction",
                 group: "policy",

@@ -1099,9 +1099,12 @@ async fn serve<B: Backend>(
                 }),
             ))
         }
-        // The status subresource reads the whole object, as Kubernetes' does.
+        // The status and ephemeralcontainers subresources read the whole object, as
+        // Kubernetes' do.
         (Method::GET, Target::Object(res, ns, name, sub))
-            if sub.is_none() || sub.as_deref() == Some("status") =>
+            if sub.is_none()
+                || sub.as_deref() == Some("status")
+                || (sub.as_deref() == Some("ephemeralcontainers") && res.kind == "Pod") =>
         {
             let obj = api.storage.get(res, ns.as_deref(), &name).await?;
             if table {

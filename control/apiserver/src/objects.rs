@@ -335,6 +335,22 @@ pub fn prepare_update(
             }
             next
         }
+        // A pod's ephemeral containers (`kubectl debug`) are added only here; the rest of
+        // the pod stays as it is.
+        Some("ephemeralcontainers") if res.kind == "Pod" => {
+            let mut next = current.clone();
+            let mut wanted = obj
+                .pointer("/spec/ephemeralContainers")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+            crate::defaults::containers(Some(&mut wanted));
+            check_ephemeral_containers(res, name, current, &wanted)?;
+            next["spec"]["ephemeralContainers"] = wanted;
+            if let Some(rv) = obj.pointer("/metadata/resourceVersion") {
+                next["metadata"]["resourceVersion"] = rv.clone();
+            }
+            next
+        }
         // A namespace's `spec.finalizers` change only here (the namespace controller).
         Some("finalize") if res.kind == "Namespace" => {
             let mut next = current.clone();
@@ -355,6 +371,67 @@ pub fn prepare_update(
         }
     };
     Ok(out)
+}
+
+/// Ephemeral containers may be added, never changed or removed; each needs a name (a DNS
+/// label no other container of the pod has) and an image.
+fn check_ephemeral_containers(
+    res: &Resource,
+    name: &str,
+    current: &Value,
+    wanted: &Value,
+) -> Result<(), ApiError> {
+    let field = "spec.ephemeralContainers";
+    let Some(list) = wanted.as_array() else {
+        return Err(invalid(
+            res,
+            name,
+            field,
+            "Invalid value: must be a list".into(),
+        ));
+    };
+    let name_of = |c: &Value| c["name"].as_str().unwrap_or_default().to_string();
+    for old in current
+        .pointer("/spec/ephemeralContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if !list.contains(old) {
+            let message = format!(
+                "Forbidden: existing ephemeral containers \"{}\" may not be changed",
+                name_of(old)
+            );
+            return Err(invalid(res, name, field, message));
+        }
+    }
+    let mut names: Vec<String> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| {
+            current
+                .pointer(&format!("/spec/{f}"))
+                .and_then(Value::as_array)
+        })
+        .flatten()
+        .map(name_of)
+        .collect();
+    for (i, c) in list.iter().enumerate() {
+        let n = name_of(c);
+        let at = |f: &str| format!("{field}[{i}].{f}");
+        if !is_dns1123_subdomain(&n) || n.contains('.') || n.len() > 63 {
+            let message = format!("Invalid value: \"{n}\": a lowercase RFC 1123 label is required");
+            return Err(invalid(res, name, &at("name"), message));
+        }
+        if names.contains(&n) {
+            let message = format!("Duplicate value: \"{n}\"");
+            return Err(invalid(res, name, &at("name"), message));
+        }
+        names.push(n);
+        if c["image"].as_str().unwrap_or_default().is_empty() {
+            return Err(invalid(res, name, &at("image"), "Required value".into()));
+        }
+    }
+    Ok(())
 }
 
 /// A Service keeps its ClusterIP (immutable) and, for ports that name none, its NodePorts.
@@ -454,6 +531,48 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
 mod tests {
     use super::*;
     use crate::resources;
+
+    #[test]
+    fn ephemeral_containers_are_added_but_never_changed() {
+        let pods = resources::find("", "v1", "pods").unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": "web", "namespace": "d", "uid": "u",
+                                      "resourceVersion": "5"},
+                         "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+                         "status": {"phase": "Running"}});
+        let with = |list: Value| {
+            let mut p = pod.clone();
+            p["spec"]["ephemeralContainers"] = list;
+            p
+        };
+        let debug = json!({"name": "dbg", "image": "busybox"});
+        let sub = Some("ephemeralcontainers");
+        let added = prepare_update(pods, Some("d"), "web", sub, &pod, with(json!([debug])));
+        let added = added.unwrap();
+        assert_eq!(added["spec"]["ephemeralContainers"][0]["name"], "dbg");
+        // Defaulted as containers are, and nothing else of the pod moved.
+        assert_eq!(
+            added["spec"]["ephemeralContainers"][0]["terminationMessagePolicy"],
+            "File"
+        );
+        assert_eq!(added["spec"]["containers"], pod["spec"]["containers"]);
+        assert_eq!(added["status"], pod["status"]);
+        let err = |current: &Value, list: Value| {
+            let e = prepare_update(pods, Some("d"), "web", sub, current, with(list)).unwrap_err();
+            assert!(matches!(e, ApiError::Invalid { .. }), "{e}");
+            e.to_string()
+        };
+        let changed = json!([{"name": "dbg", "image": "alpine"}]);
+        assert!(err(&added, changed).contains("may not be changed"));
+        assert!(err(&added, json!([])).contains("may not be changed"));
+        assert!(err(&pod, json!([{"name": "web", "image": "busybox"}])).contains("Duplicate"));
+        assert!(err(&pod, json!([{"name": "Bad_Name", "image": "x"}])).contains("RFC 1123"));
+        assert!(err(&pod, json!([{"name": "dbg"}])).contains("Required value"));
+        // Elsewhere than on a pod the subresource does not exist.
+        let cms = resources::find("", "v1", "configmaps").unwrap();
+        let e = prepare_update(cms, Some("d"), "c", sub, &json!({}), json!({})).unwrap_err();
+        assert!(matches!(e, ApiError::NotFound { .. }), "{e}");
+    }
 
     #[test]
     fn empty_metadata_collections_are_left_out_as_omitempty_does() {

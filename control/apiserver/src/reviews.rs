@@ -53,6 +53,11 @@ pub const REVIEWS: &[Review] = &[
         )
     },
     review(AUTHN, "SelfSubjectReview", "selfsubjectreviews"),
+    // kubectl 1.27 `auth whoami` asks v1beta1 (v1 is GA from 1.28).
+    Review {
+        version: "v1beta1",
+        ..review(AUTHN, "SelfSubjectReview", "selfsubjectreviews")
+    },
 ];
 
 /// The review and namespace `path` names, if it names one.
@@ -265,7 +270,8 @@ mod tests {
             group_versions(),
             [
                 ("authorization.k8s.io", "v1"),
-                ("authentication.k8s.io", "v1")
+                ("authentication.k8s.io", "v1"),
+                ("authentication.k8s.io", "v1beta1")
             ]
         );
     }

@@ -6,7 +6,8 @@
 //! simulated nodes ([`simulate`], as kwok does) so the control plane can be exercised without
 //! containers, with the resource usage they report ([`metrics`]) and the logs of their
 //! simulated lifecycle ([`logs`], in the CRI's file layout), served to the API servers by the
-//! agent's HTTPS endpoint ([`endpoint`]). The CRI client, pod lifecycle, probes, volumes and
+//! agent's HTTPS endpoint ([`endpoint`]), which speaks exec's WebSocket and SPDY ([`spdy`])
+//! protocols. The CRI client, pod lifecycle, probes, volumes and
 //! real exec arrive with the node agent issue.
 
 #![forbid(unsafe_code)]
@@ -16,3 +17,4 @@ pub mod logs;
 pub mod metrics;
 pub mod runtime_config;
 pub mod simulate;
+pub mod spdy;

@@ -164,6 +164,34 @@ pub fn running_status(pod: &Pod, pod_ip: &str, host_ip: &str) -> serde_json::Val
     })
 }
 
+/// The pod's ephemeral container statuses with every ephemeral container that has none yet
+/// running, if there is such a container.
+pub fn ephemeral_statuses(pod: &Pod) -> Option<Vec<serde_json::Value>> {
+    let wanted = pod.spec.as_ref()?.ephemeral_containers.as_ref()?;
+    let known: Vec<serde_json::Value> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.ephemeral_container_statuses.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .collect();
+    let now = Timestamp::now().to_string();
+    let new: Vec<serde_json::Value> = wanted
+        .iter()
+        .filter(|c| !known.iter().any(|s| s["name"] == c.name.as_str()))
+        .map(|c| {
+            json!({
+                "name": c.name, "image": c.image.clone().unwrap_or_default(),
+                "imageID": "", "containerID": format!("simulated://{}", c.name),
+                "ready": false, "started": true, "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+            })
+        })
+        .collect();
+    (!new.is_empty()).then(|| known.into_iter().chain(new).collect())
+}
+
 /// Pod IPs handed out per node, so that they are unique while pods live.
 #[derive(Debug, Default)]
 struct Ips {
@@ -553,7 +581,20 @@ async fn act(
         }
         return;
     }
-    if matches!(phase, Some("Running" | "Succeeded" | "Failed")) {
+    if phase == Some("Running") {
+        // Ephemeral containers (`kubectl debug`) "start" once added.
+        if let Some(statuses) = ephemeral_statuses(pod) {
+            let patch = json!({"status": {"ephemeralContainerStatuses": statuses}});
+            if let Err(e) = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "simulated nodes: ephemeral containers");
+            }
+        }
+        return;
+    }
+    if matches!(phase, Some("Succeeded" | "Failed")) {
         return;
     }
     let ip = ips.lock().unwrap_or_else(|e| e.into_inner()).for_pod(&uid);
