@@ -293,6 +293,31 @@ fn logs_exec_and_eviction_reach_the_node_agent() {
         .count()
             == 4
     });
+    // A PodDisruptionBudget lets the drain take one pod at a time: each eviction waits until
+    // the replacement of the previous one is Running (kubectl retries the 429s).
+    kubectl_ok(
+        &cluster,
+        "1.33",
+        &[
+            "create",
+            "pdb",
+            "app",
+            "--selector=app=app",
+            "--min-available=3",
+        ],
+    );
+    wait_for(
+        "the budget allows 1 disruption",
+        Duration::from_secs(30),
+        || {
+            kubectl_ok(&cluster, "1.27", &["get", "pdb", "app"])
+                .lines()
+                .nth(1)
+                .is_some_and(|row| {
+                    row.split_whitespace().collect::<Vec<_>>()[1..4] == ["3", "N/A", "1"]
+                })
+        },
+    );
     let out = kubectl_ok(
         &cluster,
         "1.27",
@@ -316,6 +341,67 @@ fn logs_exec_and_eviction_reach_the_node_agent() {
         let nodes: Vec<&str> = nodes.split_whitespace().collect();
         nodes.len() == 4 && nodes.iter().all(|n| *n == "sim-2")
     });
+    // With no disruption allowed, an eviction is a 429 that says why.
+    kubectl_ok(
+        &cluster,
+        "1.33",
+        &[
+            "patch",
+            "pdb",
+            "app",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"minAvailable":4}}"#,
+        ],
+    );
+    wait_for("the budget allows none", Duration::from_secs(30), || {
+        kubectl_ok(
+            &cluster,
+            "1.33",
+            &[
+                "get",
+                "pdb",
+                "app",
+                "-o",
+                "jsonpath={.status.observedGeneration} {.status.disruptionsAllowed}",
+            ],
+        ) == "2 0"
+    });
+    let victim = kubectl_ok(
+        &cluster,
+        "1.33",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=app",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    let eviction = cluster.dir().join("evict.json");
+    std::fs::write(
+        &eviction,
+        format!(
+            r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{victim}"}}}}"#
+        ),
+    )
+    .unwrap();
+    let err = kubectl_fails(
+        &cluster,
+        "1.33",
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/default/pods/{victim}/eviction"),
+            "-f",
+            eviction.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{err}"
+    );
     // An Eviction naming another pod is refused.
     let bad = cluster.dir().join("eviction.json");
     std::fs::write(

@@ -187,6 +187,22 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 obj["status"] = json!({"phase": "Pending"});
             }
         }
+        "StorageClass" => {
+            set(obj, "reclaimPolicy", json!("Delete"));
+            set(obj, "volumeBindingMode", json!("Immediate"));
+        }
+        // Ingress always, Egress when the policy has egress rules.
+        "NetworkPolicy" => {
+            if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
+                if spec.get("policyTypes").is_none() {
+                    let mut types = vec![json!("Ingress")];
+                    if spec.get("egress").is_some() {
+                        types.push(json!("Egress"));
+                    }
+                    spec["policyTypes"] = json!(types);
+                }
+            }
+        }
         "DaemonSet" => {
             if let Some(spec) = obj.get_mut("spec") {
                 set(spec, "revisionHistoryLimit", json!(10));
@@ -265,6 +281,25 @@ mod tests {
         assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
         assert_eq!(pv["spec"]["volumeMode"], "Filesystem");
         assert_eq!(pv["status"]["phase"], "Pending");
+    }
+
+    #[test]
+    fn storage_classes_and_network_policies_get_kubernetes_defaults() {
+        let mut sc = json!({"metadata": {"name": "fast"}, "provisioner": "x"});
+        apply("StorageClass", &mut sc);
+        assert_eq!(
+            (&sc["reclaimPolicy"], &sc["volumeBindingMode"]),
+            (&json!("Delete"), &json!("Immediate"))
+        );
+        let mut ingress_only = json!({"spec": {"podSelector": {}}});
+        apply("NetworkPolicy", &mut ingress_only);
+        assert_eq!(ingress_only["spec"]["policyTypes"], json!(["Ingress"]));
+        let mut both = json!({"spec": {"podSelector": {}, "egress": []}});
+        apply("NetworkPolicy", &mut both);
+        assert_eq!(both["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        let mut chosen = json!({"spec": {"policyTypes": ["Egress"]}});
+        apply("NetworkPolicy", &mut chosen);
+        assert_eq!(chosen["spec"]["policyTypes"], json!(["Egress"]));
     }
 
     #[test]

@@ -1589,12 +1589,97 @@ async fn evict<B: Backend>(
         }
     }
     let opts = delete_options_of(eviction.get("deleteOptions").unwrap_or(&Value::Null), query)?;
+    let pod = api.storage.get(res, Some(ns), name).await?;
+    take_disruption(api, ns, &pod).await?;
     delete_object(api, res, Some(ns), name, &opts).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "code": 201}),
     ))
+}
+
+/// Before an eviction: the pod's PodDisruptionBudget, if it has one, must allow a disruption
+/// now; the eviction takes it (`disruptionsAllowed` one less, the pod listed in
+/// `disruptedPods` until it is gone), as Kubernetes' eviction does. Pods that are not running
+/// (pending, finished) or already terminating go without asking.
+async fn take_disruption<B: Backend>(api: &Api<B>, ns: &str, pod: &Value) -> Result<(), ApiError> {
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    if pod.pointer("/metadata/deletionTimestamp").is_some()
+        || matches!(phase, Some("Pending" | "Succeeded" | "Failed"))
+    {
+        return Ok(());
+    }
+    let pdbs = crate::resources::find("policy", "v1", "poddisruptionbudgets")
+        .expect("PodDisruptionBudgets are served");
+    let labels = pod
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    for _ in 0..5 {
+        let (items, _) = api.storage.list(pdbs, Some(ns)).await?;
+        let mine: Vec<&Value> = items
+            .iter()
+            .filter(|b| {
+                // policy/v1: no selector selects nothing, an empty one every pod.
+                b.pointer("/spec/selector")
+                    .is_some_and(|s| s.is_object() && crate::specs::selects_labels(s, &labels))
+            })
+            .collect();
+        let budget = match mine.as_slice() {
+            [] => return Ok(()),
+            [one] => (*one).clone(),
+            _ => {
+                return Err(ApiError::Internal(
+                    "This pod has more than one PodDisruptionBudget, which the eviction \
+                     subresource does not support."
+                        .into(),
+                ))
+            }
+        };
+        let budget_name = budget["metadata"]["name"].as_str().unwrap_or_default();
+        let generation = budget
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64);
+        let observed = budget
+            .pointer("/status/observedGeneration")
+            .and_then(Value::as_i64);
+        if observed.is_none() || observed < generation {
+            return Err(ApiError::DisruptionBudget {
+                why: format!(
+                    "the disruption budget {budget_name} is still being processed by the server"
+                ),
+            });
+        }
+        let allowed = budget
+            .pointer("/status/disruptionsAllowed")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if allowed < 1 {
+            let n = |p: &str| budget.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            return Err(ApiError::DisruptionBudget {
+                why: format!(
+                    "The disruption budget {budget_name} needs {} healthy pods and has {} \
+                     currently",
+                    n("/status/desiredHealthy"),
+                    n("/status/currentHealthy")
+                ),
+            });
+        }
+        let mut next = budget.clone();
+        next["status"]["disruptionsAllowed"] = json!(allowed - 1);
+        next["status"]["disruptedPods"][name] = json!(jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string());
+        match api.storage.update(pdbs, Some(ns), &next).await {
+            Err(ApiError::Conflict { .. }) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+    Err(ApiError::DisruptionBudget {
+        why: "the disruption budget kept changing; try again".into(),
+    })
 }
 
 /// After an update: an object marked for deletion whose finalizers are all gone is deleted.

@@ -268,6 +268,33 @@ pub const RESOURCES: &[Resource] = &[
     r(
         "networking.k8s.io",
         "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        &["netpol"],
+    ),
+    r(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        true,
+        &["pdb"],
+    ),
+    r(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        "storageclass",
+        false,
+        &["sc"],
+    ),
+    r(
+        "networking.k8s.io",
+        "v1",
         "IngressClass",
         "ingressclasses",
         "ingressclass",
@@ -411,7 +438,8 @@ mod tests {
         let gvs = group_versions();
         assert_eq!(gvs[0], ("", "v1"));
         assert!(gvs.contains(&("rbac.authorization.k8s.io", "v1")));
-        assert_eq!(gvs.len(), 11);
+        assert_eq!(gvs.len(), 13);
+        assert!(gvs.contains(&("policy", "v1")) && gvs.contains(&("storage.k8s.io", "v1")));
         assert!(gvs.contains(&("networking.k8s.io", "v1")));
         let metrics = find("metrics.k8s.io", "v1beta1", "pods").unwrap();
         assert_eq!(metrics.store_plural(), "pods.metrics.k8s.io");

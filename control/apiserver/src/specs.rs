@@ -45,6 +45,12 @@ fn selects(selector: &Value, labels: &serde_json::Map<String, Value>) -> bool {
     by_label && by_expression
 }
 
+/// Whether a `metav1.LabelSelector` selects the labels `labels` (a JSON map).
+pub fn selects_labels(selector: &Value, labels: &Value) -> bool {
+    let empty = serde_json::Map::new();
+    selects(selector, labels.as_object().unwrap_or(&empty))
+}
+
 fn empty_selector(selector: &Value) -> bool {
     let none = |key: &str| {
         selector.get(key).is_none_or(|v| match v {

@@ -89,6 +89,12 @@ pub enum ApiError {
     /// 415: a patch type or body format the server does not accept.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 429: an eviction a PodDisruptionBudget does not allow now (clients retry it).
+    #[error("Cannot evict pod as it would violate the pod's disruption budget.")]
+    DisruptionBudget {
+        /// Why, as the cause's message.
+        why: String,
+    },
     /// 500: the server failed.
     #[error("{0}")]
     Internal(String),
@@ -160,6 +166,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
+            ApiError::DisruptionBudget { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
             ApiError::ServiceUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
@@ -208,6 +215,14 @@ impl ApiError {
                         })
                         .collect(),
                 ),
+                ..Default::default()
+            }),
+            ApiError::DisruptionBudget { why } => Some(StatusDetails {
+                causes: Some(vec![StatusCause {
+                    reason: Some("DisruptionBudget".into()),
+                    message: Some(why.clone()),
+                    field: None,
+                }]),
                 ..Default::default()
             }),
             ApiError::TooLargeResourceVersion { .. } => Some(StatusDetails {

@@ -196,6 +196,22 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Parameters", "string"),
             age,
         ],
+        "NetworkPolicy" => vec![name, col("Pod-Selector", "string"), age],
+        "PodDisruptionBudget" => vec![
+            name,
+            col("Min Available", "string"),
+            col("Max Unavailable", "string"),
+            col("Allowed Disruptions", "integer"),
+            age,
+        ],
+        "StorageClass" => vec![
+            name,
+            col("Provisioner", "string"),
+            col("ReclaimPolicy", "string"),
+            col("VolumeBindingMode", "string"),
+            col("AllowVolumeExpansion", "string"),
+            age,
+        ],
         // autoscaling/v1 Scale, as `kubectl get --subresource=scale` shows it.
         "Scale" => vec![name, col("Desired", "integer"), col("Available", "integer")],
         "ResourceQuota" => vec![name, age, col("Request", "string"), col("Limit", "string")],
@@ -866,6 +882,45 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 age,
             ]
         }
+        "NetworkPolicy" => {
+            let selector = crate::selectors::selector_string(
+                o.pointer("/spec/podSelector").unwrap_or(&Value::Null),
+            );
+            vec![name, json!(or_none(selector)), age]
+        }
+        "PodDisruptionBudget" => {
+            let or_na = |x: String| if x.is_empty() { "N/A".to_string() } else { x };
+            vec![
+                name,
+                json!(or_na(s(o, "/spec/minAvailable"))),
+                json!(or_na(s(o, "/spec/maxUnavailable"))),
+                json!(n(o, "/status/disruptionsAllowed")),
+                age,
+            ]
+        }
+        "StorageClass" => {
+            let default = o
+                .pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true");
+            let shown = if default {
+                json!(format!("{} (default)", s(o, "/metadata/name")))
+            } else {
+                name
+            };
+            let expand = o
+                .pointer("/allowVolumeExpansion")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            vec![
+                shown,
+                json!(s(o, "/provisioner")),
+                json!(s(o, "/reclaimPolicy")),
+                json!(s(o, "/volumeBindingMode")),
+                json!(expand.to_string()),
+                age,
+            ]
+        }
         "IngressClass" => {
             let params = match (s(o, "/spec/parameters/kind"), s(o, "/spec/parameters/name")) {
                 (k, n) if !k.is_empty() && !n.is_empty() => {
@@ -1426,6 +1481,37 @@ mod tests {
         let mut deleting = pod(json!({"phase": "Running"}));
         deleting["metadata"]["deletionTimestamp"] = json!("2020-01-01T00:00:00Z");
         assert_eq!(status(deleting), "Terminating");
+    }
+
+    #[test]
+    fn budgets_policies_and_storage_classes_read_like_kubectls() {
+        let pdb = json!({"metadata": {"name": "web"}, "spec": {"minAvailable": 2},
+                         "status": {"disruptionsAllowed": 1}});
+        assert_eq!(
+            cells_of("PodDisruptionBudget", pdb)[..4],
+            [json!("web"), json!("2"), json!("N/A"), json!(1)]
+        );
+        let pdb = json!({"metadata": {"name": "web"}, "spec": {"maxUnavailable": "25%"}});
+        assert_eq!(
+            cells_of("PodDisruptionBudget", pdb)[1..3],
+            [json!("N/A"), json!("25%")]
+        );
+        let netpol = json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}});
+        assert_eq!(cells_of("NetworkPolicy", netpol)[1], json!("<none>"));
+        let sc = json!({"metadata": {"name": "fast", "annotations": {
+                            "storageclass.kubernetes.io/is-default-class": "true"}},
+                        "provisioner": "example.com/fast", "reclaimPolicy": "Delete",
+                        "volumeBindingMode": "WaitForFirstConsumer"});
+        assert_eq!(
+            cells_of("StorageClass", sc)[..5],
+            [
+                json!("fast (default)"),
+                json!("example.com/fast"),
+                json!("Delete"),
+                json!("WaitForFirstConsumer"),
+                json!("false")
+            ]
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! [`deployment`], [`daemonset`], [`statefulset`], [`job`], [`cronjob`] (schedules parsed by
 //! [`cron`]), [`endpoints`] (Endpoints and EndpointSlices), [`nodelifecycle`] (taints nodes
 //! that stop heartbeating, evicts their pods), [`namespace`] (empties namespaces being
-//! deleted), [`resourcequota`] (ResourceQuota status), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
+//! deleted), [`resourcequota`] (ResourceQuota status), [`disruption`]
+//! (PodDisruptionBudget status, which evictions check), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
 //! the node agents report) and the garbage collector ([`gc`]).
 //! [`nodematch`] (node selectors and affinity) is shared with the scheduler. [`apiservers`]
 //! runs on every master, elected or not: the `default/kubernetes` endpoints. [`events`]
@@ -23,6 +24,7 @@ pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod election;
 pub mod endpoints;
 pub mod events;
@@ -86,6 +88,7 @@ pub async fn run(
                 _ = autoscaler::run(lead.client.clone()) => {}
                 _ = endpoints::run(lead.client.clone()) => {}
                 _ = resourcequota::run(lead.client.clone()) => {}
+                _ = disruption::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}
             }

@@ -322,19 +322,7 @@ async fn reconcile_rc(
 /// starts once some ReplicationController exists: it watches every pod, which costs each pod
 /// change one more decode, and most clusters have no ReplicationControllers.
 pub async fn run_replication_controllers(client: kube::Client) {
-    use futures::StreamExt;
-    use kube::runtime::{watcher, WatchStreamExt};
-    let any = watcher(
-        Api::<ReplicationController>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .applied_objects()
-    .filter_map(|rc| async move { rc.ok() })
-    .boxed()
-    .next()
-    .await;
-    if any.is_none() {
+    if !crate::runner::first::<ReplicationController>(&client).await {
         return;
     }
     crate::runner::run_adopting::<ReplicationController, _, _>(

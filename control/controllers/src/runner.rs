@@ -120,6 +120,20 @@ pub async fn run_adopting<K, F, Fut>(
         .await;
 }
 
+/// Waits until some `K` exists (a watch sees one); false if the watch ended first. For
+/// controllers that watch every pod but have nothing to do in most clusters.
+pub async fn first<K: Watched>(client: &kube::Client) -> bool {
+    use kube::runtime::WatchStreamExt;
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .filter_map(|k| async move { k.ok() })
+        .boxed()
+        .next()
+        .await
+        .is_some()
+}
+
 /// Replaces `name` with `object` (at the current resourceVersion), or creates it the first
 /// time: for objects a component owns outright and rewrites whole (reports, endpoints).
 pub async fn upsert<K>(api: &Api<K>, name: &str, mut object: K) -> Result<(), kube::Error>
