@@ -17,6 +17,9 @@ use crate::quantity;
 pub type Amounts = BTreeMap<String, u128>;
 
 const ONE: u128 = 1000;
+/// What joins a storage class and a resource in a per-class quota name
+/// (`fast.storageclass.storage.k8s.io/requests.storage`).
+const STORAGE_CLASS: &str = ".storageclass.storage.k8s.io/";
 
 fn count_key(plural: &str, group: &str) -> String {
     if group.is_empty() {
@@ -78,15 +81,29 @@ pub fn charges(plural: &str, group: &str, obj: &Value) -> Amounts {
                 _ => {}
             }
         }
-        (
-            "",
-            "configmaps"
-            | "secrets"
-            | "resourcequotas"
-            | "replicationcontrollers"
-            | "persistentvolumeclaims",
-        ) => {
+        ("", "configmaps" | "secrets" | "resourcequotas" | "replicationcontrollers") => {
             out.insert(plural.to_string(), ONE);
+        }
+        // A claim counts, and so does the storage it requests, overall and per class.
+        ("", "persistentvolumeclaims") => {
+            out.insert(plural.to_string(), ONE);
+            let storage = obj
+                .pointer("/spec/resources/requests/storage")
+                .and_then(Value::as_str)
+                .and_then(quantity::milli);
+            if let Some(s) = storage {
+                out.insert("requests.storage".into(), s);
+            }
+            let class = obj
+                .pointer("/spec/storageClassName")
+                .and_then(Value::as_str)
+                .filter(|c| !c.is_empty());
+            if let Some(c) = class {
+                out.insert(format!("{c}{STORAGE_CLASS}persistentvolumeclaims"), ONE);
+                if let Some(s) = storage {
+                    out.insert(format!("{c}{STORAGE_CLASS}requests.storage"), s);
+                }
+            }
         }
         _ => {}
     }
@@ -101,11 +118,15 @@ pub fn counted_kinds<'a>(hard: impl IntoIterator<Item = &'a String>) -> Vec<(Str
             "services" | "services.nodeports" | "services.loadbalancers" => {
                 ("services".to_string(), String::new())
             }
-            "configmaps"
-            | "secrets"
-            | "resourcequotas"
-            | "replicationcontrollers"
-            | "persistentvolumeclaims" => (name.clone(), String::new()),
+            "configmaps" | "secrets" | "resourcequotas" | "replicationcontrollers" => {
+                (name.clone(), String::new())
+            }
+            n if n == "persistentvolumeclaims"
+                || n == "requests.storage"
+                || n.contains(STORAGE_CLASS) =>
+            {
+                ("persistentvolumeclaims".to_string(), String::new())
+            }
             n => match n.strip_prefix("count/") {
                 Some(rest) => match rest.split_once('.') {
                     Some((plural, group)) => (plural.to_string(), group.to_string()),
@@ -448,6 +469,33 @@ mod tests {
         assert_eq!(
             charges("deployments", "apps", &json!({}))["count/deployments.apps"],
             1000
+        );
+    }
+
+    #[test]
+    fn claims_charge_their_storage_overall_and_per_class() {
+        let claim = json!({"spec": {"storageClassName": "fast",
+                                    "resources": {"requests": {"storage": "2Gi"}}}});
+        let c = charges("persistentvolumeclaims", "", &claim);
+        let gib2 = 2 * 1024 * 1024 * 1024 * 1000;
+        assert_eq!(c["persistentvolumeclaims"], 1000);
+        assert_eq!(c["requests.storage"], gib2);
+        assert_eq!(c["fast.storageclass.storage.k8s.io/requests.storage"], gib2);
+        assert_eq!(
+            c["fast.storageclass.storage.k8s.io/persistentvolumeclaims"],
+            1000
+        );
+        let names = [
+            "requests.storage".to_string(),
+            "fast.storageclass.storage.k8s.io/persistentvolumeclaims".to_string(),
+            "pods".to_string(),
+        ];
+        assert_eq!(
+            counted_kinds(names.iter()),
+            [
+                ("persistentvolumeclaims".to_string(), String::new()),
+                ("pods".to_string(), String::new())
+            ]
         );
     }
 
