@@ -1197,7 +1197,8 @@ fn rbac_decides_what_a_user_may_do() {
 }
 
 /// What `kubectl apply --prune` lists by default (its allow-list names ReplicationControllers,
-/// PersistentVolumes and Claims, and Ingresses) is served; ReplicationControllers run pods.
+/// PersistentVolumes and Claims, and Ingresses) is served; ReplicationControllers run pods;
+/// claims bind to volumes.
 #[test]
 fn apply_prune_and_the_legacy_and_storage_kinds_work() {
     let cluster = LocalCluster::up("prune", &["--masters", "3", "--nodes", "0", "--no-demo"]);
@@ -1228,21 +1229,20 @@ fn apply_prune_and_the_legacy_and_storage_kinds_work() {
         let k = Kubectl::new(&cluster, version);
         k.ok(&["apply", "-f", &all]);
         let tables = k.ok(&["get", "rc,pvc,pv,ingress"]);
+        // Column widths follow the values; compare with single spaces.
+        let flat = tables.split_whitespace().collect::<Vec<_>>().join(" ");
         for header in [
-            "DESIRED   CURRENT   READY",
-            "STATUS    VOLUME   CAPACITY   ACCESS MODES   STORAGECLASS",
-            "CAPACITY   ACCESS MODES   RECLAIM POLICY   STATUS",
-            "CLASS    HOSTS         ADDRESS   PORTS",
+            "DESIRED CURRENT READY",
+            "STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS",
+            "CAPACITY ACCESS MODES RECLAIM POLICY STATUS",
+            "CLASS HOSTS ADDRESS PORTS",
         ] {
             assert!(
-                tables.contains(header),
+                flat.contains(header),
                 "{version}: no {header:?} in\n{tables}"
             );
         }
-        assert!(
-            tables.contains("5Gi        RWO,ROX        Retain"),
-            "{tables}"
-        );
+        assert!(flat.contains("5Gi RWO,ROX Retain"), "{tables}");
         let out = k.ok(&["apply", "--prune", "-l", "app=demo", "-f", &fewer]);
         assert!(out.contains("configmap/cfg pruned"), "{version}: {out}");
         assert!(
@@ -1252,6 +1252,27 @@ fn apply_prune_and_the_legacy_and_storage_kinds_work() {
         let left = k.run(&["get", "cm,ingress", "-l", "app=demo", "-o", "name"]);
         assert_eq!(String::from_utf8_lossy(&left.stdout), "", "{}", show(&left));
     }
+    // The claim binds to the volume that fits it; once the claim goes, the volume (Retain)
+    // is Released.
+    let k = Kubectl::new(&cluster, "1.27");
+    let get = |what: &str, path: &str| k.ok(&["get", what, "-o", &format!("jsonpath={path}")]);
+    wait_for("the claim bound", Duration::from_secs(20), || {
+        get(
+            "pvc/data",
+            "{.status.phase} {.spec.volumeName} {.status.capacity.storage}",
+        ) == "Bound pv-demo 5Gi"
+    });
+    assert_eq!(
+        get(
+            "pv/pv-demo",
+            "{.status.phase} {.spec.claimRef.namespace}/{.spec.claimRef.name}"
+        ),
+        "Bound default/data"
+    );
+    k.ok(&["delete", "pvc", "data"]);
+    wait_for("the volume released", Duration::from_secs(20), || {
+        get("pv/pv-demo", "{.status.phase}") == "Released"
+    });
     // The ReplicationController keeps its pods (pending: no nodes), scales, and takes them
     // with it when deleted.
     let k = Kubectl::new(&cluster, "1.33");

@@ -3,7 +3,8 @@
 //! ready), stable names and hostnames published through the headless Service's Endpoints,
 //! `kubectl rollout status`, a rolling update from the highest ordinal down, `rollout
 //! history`/`undo` through ControllerRevisions, scale-down from the highest ordinal, a
-//! forbidden spec change, and deletion taking pods and revisions along.
+//! forbidden spec change, a claim per ordinal from `volumeClaimTemplates`, and deletion taking
+//! pods and revisions along (claims stay).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,12 @@ spec:
   template:
     metadata: {labels: {app: db}}
     spec:
-      containers: [{name: pg, image: 'postgres:15', ports: [{containerPort: 5432}]}]
+      containers:
+      - {name: pg, image: 'postgres:15', ports: [{containerPort: 5432}],
+         volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
 ";
 
 /// What the watch saw: pods in the order they appeared and began to go, and whether a pod
@@ -173,6 +179,28 @@ fn statefulsets_create_update_and_scale_in_order() {
         ],
     );
     assert_eq!(ident, "db-1 db db-1 1");
+    // Each ordinal has its claim, made from the template, mounted as the template's volume.
+    let claims = kubectl_ok(&cluster, old, &["get", "pvc", "-o", "name"]);
+    assert_eq!(
+        claims.split_whitespace().collect::<Vec<_>>(),
+        [
+            "persistentvolumeclaim/data-db-0",
+            "persistentvolumeclaim/data-db-1",
+            "persistentvolumeclaim/data-db-2"
+        ]
+    );
+    let volume = kubectl_ok(
+        &cluster,
+        new,
+        &[
+            "get",
+            "pod",
+            "db-1",
+            "-o",
+            "jsonpath={.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName}",
+        ],
+    );
+    assert_eq!(volume, "data-db-1");
     wait_for(
         "hostnames in the Endpoints",
         Duration::from_secs(20),
@@ -259,7 +287,7 @@ fn statefulsets_create_update_and_scale_in_order() {
     );
     assert_eq!(service, "db");
 
-    // Deleting the set takes its pods and revisions.
+    // Deleting the set takes its pods and revisions; its claims stay (retained by default).
     kubectl_ok(&cluster, new, &["delete", "sts", "db"]);
     wait_for("pods and revisions gone", Duration::from_secs(60), || {
         images(&cluster, new).is_empty()
@@ -267,4 +295,6 @@ fn statefulsets_create_update_and_scale_in_order() {
                 .trim()
                 .is_empty()
     });
+    let claims = kubectl_ok(&cluster, new, &["get", "pvc", "-o", "name"]);
+    assert_eq!(claims.lines().count(), 3, "{claims}");
 }

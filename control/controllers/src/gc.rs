@@ -31,6 +31,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// The kinds the collector deletes when their owners are gone: (group, version, kind, plural).
 const DEPENDENTS: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Pod", "pods"),
+    ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     ("apps", "v1", "ReplicaSet", "replicasets"),
     ("apps", "v1", "ControllerRevision", "controllerrevisions"),
     ("batch", "v1", "Job", "jobs"),

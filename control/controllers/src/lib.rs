@@ -8,7 +8,8 @@
 //! [`cron`]), [`endpoints`] (Endpoints and EndpointSlices), [`nodelifecycle`] (taints nodes
 //! that stop heartbeating, evicts their pods), [`namespace`] (empties namespaces being
 //! deleted), [`resourcequota`] (ResourceQuota status), [`disruption`]
-//! (PodDisruptionBudget status, which evictions check), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
+//! (PodDisruptionBudget status, which evictions check), [`volumes`] (binds claims to
+//! volumes), the HorizontalPodAutoscaler ([`autoscaler`], on the `metrics.k8s.io` PodMetrics
 //! the node agents report) and the garbage collector ([`gc`]).
 //! [`nodematch`] (node selectors and affinity) is shared with the scheduler. [`apiservers`]
 //! runs on every master, elected or not: the `default/kubernetes` endpoints. [`events`]
@@ -41,6 +42,7 @@ pub mod revisions;
 pub mod runner;
 pub mod serviceaccounts;
 pub mod statefulset;
+pub mod volumes;
 
 /// Settings of the controllers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,6 +91,7 @@ pub async fn run(
                 _ = endpoints::run(lead.client.clone()) => {}
                 _ = resourcequota::run(lead.client.clone()) => {}
                 _ = disruption::run(lead.client.clone()) => {}
+                _ = volumes::run(lead.client.clone()) => {}
                 _ = nodelifecycle::run(lead.client.clone(), settings.node_lifecycle) => {}
                 _ = gc::run(lead.client) => {}
             }

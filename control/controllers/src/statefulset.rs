@@ -18,15 +18,22 @@
 //!   keep (and are recreated at) the current revision. OnDelete leaves old pods until someone
 //!   deletes them. When every pod runs the update revision, it becomes the current one.
 //!
-//! Not yet: `volumeClaimTemplates` (Flotilla serves no PersistentVolumeClaims),
-//! `minReadySeconds`, `maxUnavailable` above one.
+//! Each of `volumeClaimTemplates` gives every ordinal a PersistentVolumeClaim
+//! `<template>-<set>-<ordinal>` ([`claims`]), created before its pod and mounted by it as the
+//! volume of the template's name; claims stay when pods go (and, unless
+//! `persistentVolumeClaimRetentionPolicy.whenDeleted` is `Delete`, when the set goes), so a
+//! recreated pod gets its data back.
+//!
+//! Not yet: `minReadySeconds`, `maxUnavailable` above one, `whenScaled: Delete`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -130,6 +137,45 @@ fn revision_of(pod: &Pod) -> &str {
         .map_or("", String::as_str)
 }
 
+/// The claims ordinal `ord` of `sts` uses, one per volume claim template:
+/// `<template>-<set>-<ord>`, labelled with the set's selector, owned by the set only when
+/// `persistentVolumeClaimRetentionPolicy.whenDeleted` is `Delete`.
+pub fn claims(sts: &StatefulSet, ord: i32) -> Vec<PersistentVolumeClaim> {
+    let set = sts.metadata.name.clone().unwrap_or_default();
+    let Some(spec) = sts.spec.as_ref() else {
+        return Vec::new();
+    };
+    let deleted_with_set = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .and_then(|p| p.when_deleted.as_deref())
+        == Some("Delete");
+    spec.volume_claim_templates
+        .iter()
+        .flatten()
+        .map(|t| {
+            let mut claim = t.clone();
+            let template = t.metadata.name.clone().unwrap_or_default();
+            claim.metadata.name = Some(format!("{template}-{set}-{ord}"));
+            claim.metadata.namespace.clone_from(&sts.metadata.namespace);
+            claim.metadata.resource_version = None;
+            claim.metadata.uid = None;
+            claim.status = None;
+            let labels = claim.metadata.labels.get_or_insert_with(Default::default);
+            for (k, v) in spec.selector.match_labels.iter().flatten() {
+                labels.insert(k.clone(), v.clone());
+            }
+            claim.metadata.owner_references = deleted_with_set.then(|| {
+                vec![OwnerReference {
+                    controller: None,
+                    ..owner_ref(sts)
+                }]
+            });
+            claim
+        })
+        .collect()
+}
+
 /// Pod `<set>-<ordinal>` from `template` at `revision`.
 pub fn new_pod(sts: &StatefulSet, ord: i32, template: &PodTemplateSpec, revision: &str) -> Pod {
     let set = sts.metadata.name.clone().unwrap_or_default();
@@ -142,6 +188,26 @@ pub fn new_pod(sts: &StatefulSet, ord: i32, template: &PodTemplateSpec, revision
     labels.insert(POD_INDEX_LABEL.into(), ord.to_string());
     labels.insert(HASH_LABEL.into(), revision.into());
     if let Some(spec) = pod.spec.as_mut() {
+        // Each claim template's volume is the ordinal's claim.
+        for claim in claims(sts, ord) {
+            let template = claim
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| n.strip_suffix(&format!("-{name}")))
+                .unwrap_or_default()
+                .to_string();
+            let volumes = spec.volumes.get_or_insert_with(Vec::new);
+            volumes.retain(|v| v.name != template);
+            volumes.push(Volume {
+                name: template,
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.metadata.name.unwrap_or_default(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            });
+        }
         spec.hostname = Some(name);
         let service = sts
             .spec
@@ -350,12 +416,46 @@ async fn reconcile(
         .and_then(revision_template);
     let p = plan(&sts, &pods, current.as_ref());
     let about = events::reference("apps/v1", "StatefulSet", &sts.metadata);
+    let normal = |reason: &'static str, message: String| {
+        let (client, about) = (&client, &about);
+        async move {
+            events::record(
+                client,
+                COMPONENT,
+                about,
+                events::Kind::Normal,
+                reason,
+                &message,
+            )
+            .await
+        }
+    };
     for pod in &p.adopt {
         let patch = json!({"metadata": {"ownerReferences": [owner_ref(&sts)]}});
         ignore_gone(pods_api.patch(pod, &pp, &Patch::Merge(&patch)).await)?;
     }
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     for pod in &p.create {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        // The pod's claims first (they outlive pods: one may be there already).
+        let ord = pod_name
+            .rsplit('-')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        for claim in claims(&sts, ord) {
+            let claim_name = claim.metadata.name.clone().unwrap_or_default();
+            match claims_api.create(&PostParams::default(), &claim).await {
+                Ok(_) => {
+                    let message = format!(
+                        "create Claim {claim_name} Pod {pod_name} in StatefulSet {name} success"
+                    );
+                    normal("SuccessfulCreate", message).await;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         match pods_api.create(&PostParams::default(), pod).await {
             Ok(_) => {}
             // The old pod of that name is still being deleted: wait for it to go.
@@ -363,15 +463,7 @@ async fn reconcile(
             Err(e) => return Err(e.into()),
         }
         let message = format!("create Pod {pod_name} in StatefulSet {name} successful");
-        events::record(
-            &client,
-            COMPONENT,
-            &about,
-            events::Kind::Normal,
-            "SuccessfulCreate",
-            &message,
-        )
-        .await;
+        normal("SuccessfulCreate", message).await;
     }
     for pod in &p.delete {
         ignore_gone(
@@ -381,15 +473,7 @@ async fn reconcile(
                 .map(|_| ()),
         )?;
         let message = format!("delete Pod {pod} in StatefulSet {name} successful");
-        events::record(
-            &client,
-            COMPONENT,
-            &about,
-            events::Kind::Normal,
-            "SuccessfulDelete",
-            &message,
-        )
-        .await;
+        normal("SuccessfulDelete", message).await;
     }
     if !p.create.is_empty() || !p.delete.is_empty() {
         tracing::info!(
@@ -450,6 +534,43 @@ mod tests {
         pods.iter()
             .map(|p| p.metadata.name.clone().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn claim_templates_give_each_ordinal_its_claim_and_volume() {
+        let template = json!([{"metadata": {"name": "data", "labels": {"tier": "db"}},
+                               "spec": {"accessModes": ["ReadWriteOnce"],
+                                        "resources": {"requests": {"storage": "1Gi"}}}}]);
+        let s = sts(2, "pg:1", json!({"volumeClaimTemplates": template}));
+        let c = claims(&s, 1);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].metadata.name.as_deref(), Some("data-db-1"));
+        assert_eq!(c[0].metadata.namespace.as_deref(), Some("d"));
+        let labels = c[0].metadata.labels.clone().unwrap();
+        assert_eq!(
+            (labels["app"].as_str(), labels["tier"].as_str()),
+            ("db", "db")
+        );
+        // Retained by default: not owned by the set.
+        assert!(c[0].metadata.owner_references.is_none());
+        let pod = new_pod(&s, 1, &s.spec.as_ref().unwrap().template, "r");
+        let volumes = pod.spec.unwrap().volumes.unwrap();
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].name, "data");
+        let source = volumes[0].persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(source.claim_name, "data-db-1");
+        // Deleted with the set: owned by it (not as its controller).
+        let s = sts(
+            1,
+            "pg:1",
+            json!({"volumeClaimTemplates": template,
+                   "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}}),
+        );
+        let owners = claims(&s, 0)[0].metadata.owner_references.clone().unwrap();
+        assert_eq!(
+            (owners[0].uid.as_str(), owners[0].controller),
+            ("sts-uid", None)
+        );
     }
 
     #[test]
