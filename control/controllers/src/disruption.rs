@@ -27,6 +27,11 @@ use serde_json::{json, Value};
 /// How long an eviction's pod stays out of the healthy count if it is not deleted.
 const DISRUPTED_FOR: SignedDuration = SignedDuration::from_secs(120);
 
+/// A time as Kubernetes writes one (RFC 3339, whole seconds).
+fn stamp(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// Whether `budget` selects a pod with `labels` (policy/v1: no selector selects nothing, an
 /// empty one every pod of the namespace).
 fn selects(budget: &PodDisruptionBudget, labels: &BTreeMap<String, String>) -> bool {
@@ -75,7 +80,7 @@ pub fn status(budget: &PodDisruptionBudget, pods: &[Pod], now: Timestamp) -> Val
         .filter(|(name, at)| {
             live.iter().any(|p| p.name_any() == *name) && now.duration_since(at.0) < DISRUPTED_FOR
         })
-        .map(|(name, at)| (name, at.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()))
+        .map(|(name, at)| (name, stamp(at.0)))
         .collect();
     let expected = live.len() as i32;
     let healthy = live
@@ -97,13 +102,7 @@ pub fn status(budget: &PodDisruptionBudget, pods: &[Pod], now: Timestamp) -> Val
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionAllowed"))
         .filter(|c| c.status == state)
-        .map(|c| {
-            c.last_transition_time
-                .0
-                .strftime("%Y-%m-%dT%H:%M:%SZ")
-                .to_string()
-        })
-        .unwrap_or_else(|| now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        .map_or(now, |c| c.last_transition_time.0);
     let generation = budget.metadata.generation.unwrap_or(0);
     json!({
         "observedGeneration": generation,
@@ -114,7 +113,7 @@ pub fn status(budget: &PodDisruptionBudget, pods: &[Pod], now: Timestamp) -> Val
         "expectedPods": expected,
         "conditions": [{
             "type": "DisruptionAllowed", "status": state, "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": since,
+            "observedGeneration": generation, "lastTransitionTime": stamp(since),
         }],
     })
 }
@@ -273,8 +272,7 @@ mod tests {
         let now = Timestamp::now();
         let mut b = budget(json!({"selector": {"matchLabels": {"app": "web"}}, "minAvailable": 1}));
         b.status = serde_json::from_value(json!({
-            "disruptedPods": {"a": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                              "gone": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+            "disruptedPods": {"a": stamp(now), "gone": stamp(now)},
             "disruptionsAllowed": 0, "currentHealthy": 2, "desiredHealthy": 1, "expectedPods": 2,
         }))
         .unwrap();

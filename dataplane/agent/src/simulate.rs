@@ -131,6 +131,16 @@ pub fn node_object(cfg: &SimConfig, name: &str, i: usize) -> Node {
     .expect("a valid Node")
 }
 
+/// The status of a container a simulated node "runs", started at `now`.
+fn running_container(name: &str, image: Option<&str>, ready: bool, now: &str) -> serde_json::Value {
+    json!({
+        "name": name, "image": image.unwrap_or_default(),
+        "imageID": "", "containerID": format!("simulated://{name}"),
+        "ready": ready, "started": true, "restartCount": 0,
+        "state": {"running": {"startedAt": now}},
+    })
+}
+
 /// The status a simulated node reports for a pod it runs.
 pub fn running_status(pod: &Pod, pod_ip: &str, host_ip: &str) -> serde_json::Value {
     let now = Timestamp::now().to_string();
@@ -140,14 +150,7 @@ pub fn running_status(pod: &Pod, pod_ip: &str, host_ip: &str) -> serde_json::Val
         .map(|s| s.containers.as_slice())
         .unwrap_or_default()
         .iter()
-        .map(|c| {
-            json!({
-                "name": c.name, "image": c.image.clone().unwrap_or_default(),
-                "imageID": "", "containerID": format!("simulated://{}", c.name),
-                "ready": true, "started": true, "restartCount": 0,
-                "state": {"running": {"startedAt": now}},
-            })
-        })
+        .map(|c| running_container(&c.name, c.image.as_deref(), true, &now))
         .collect();
     let cond = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
     json!({
@@ -180,14 +183,7 @@ pub fn ephemeral_statuses(pod: &Pod) -> Option<Vec<serde_json::Value>> {
     let new: Vec<serde_json::Value> = wanted
         .iter()
         .filter(|c| !known.iter().any(|s| s["name"] == c.name.as_str()))
-        .map(|c| {
-            json!({
-                "name": c.name, "image": c.image.clone().unwrap_or_default(),
-                "imageID": "", "containerID": format!("simulated://{}", c.name),
-                "ready": false, "started": true, "restartCount": 0,
-                "state": {"running": {"startedAt": now}},
-            })
-        })
+        .map(|c| running_container(&c.name, c.image.as_deref(), false, &now))
         .collect();
     (!new.is_empty()).then(|| known.into_iter().chain(new).collect())
 }
